@@ -1,0 +1,1 @@
+"""The `inmesh` command line: one entry point for every process and the lab."""
