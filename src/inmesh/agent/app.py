@@ -20,10 +20,23 @@ from inmesh.agent.reconcile import Reconciler
 from inmesh.agent.service import PodRegistry
 from inmesh.agent.settings import AgentSettings
 from inmesh.agent.state import StateFile
-from inmesh.redirect import select_backend
+from inmesh.errors import InmeshError
+from inmesh.redirect import RuleBackend, select_backend
 from inmesh.zds.server import ZdsServer
 
 log = logging.getLogger(__name__)
+
+
+def other_backends(chosen: str) -> list[RuleBackend]:
+    """The backends not in use, whose leftovers a restore sweeps (iptables <-> nftables switch)."""
+    others = []
+    for kind in ("iptables", "nftables"):
+        if kind != chosen:
+            try:
+                others.append(select_backend(kind))
+            except InmeshError as exc:
+                log.info("not sweeping %s rules: %s", kind, exc)
+    return others
 
 
 async def serve(settings: AgentSettings, source: PodSource | None = None) -> None:
@@ -33,7 +46,7 @@ async def serve(settings: AgentSettings, source: PodSource | None = None) -> Non
     records = state.load()
     # the server asks for a snapshot only after start(), when `registry` is bound
     zds = ZdsServer(settings.zds_socket, lambda: registry.snapshot())
-    registry = PodRegistry(backend, zds, state)
+    registry = PodRegistry(backend, zds, state, other_backends(backend.name))
     reconciler = Reconciler(settings, source, registry)
     ready = False
     api = CniApi(settings, source, registry, reconciler, lambda: ready, backend.name)

@@ -108,8 +108,16 @@ class PodEntry:
 class PodRegistry:
     """Enrolled pods of this node, with the operations that change them."""
 
-    def __init__(self, backend: RuleBackend, zds: ZdsPeer, state: StateFile) -> None:
+    def __init__(
+        self,
+        backend: RuleBackend,
+        zds: ZdsPeer,
+        state: StateFile,
+        other_backends: Sequence[RuleBackend] = (),
+    ) -> None:
         self.backend = backend
+        self.other_backends = other_backends
+        """Backends whose leftovers are swept when a pod is restored (the setting changed)."""
         self.zds = zds
         self._state = state
         self.pods: dict[str, PodEntry] = {}
@@ -199,7 +207,15 @@ class PodRegistry:
     async def restore(self, record: EnrolledRecord, pod: PodMeta, netns_path: str) -> PodEntry:
         """Re-adopt a pod enrolled before a restart: reconcile its rules, keep it pending."""
         async with self._locks[pod.uid]:
+            await asyncio.to_thread(self._sweep_other_backends, netns_path, pod)
             return await self._install(pod, netns_path, record.ips, record.container_id)
+
+    def _sweep_other_backends(self, netns_path: str, pod: PodMeta) -> None:
+        for other in self.other_backends:
+            if other.installed(netns_path):
+                log.info("pod %s/%s: removing %s rules left by an earlier setting",
+                         pod.namespace, pod.name, other.name)
+                other.remove(netns_path)
 
     async def unenroll(self, uid: str, *, pod_deleted: bool) -> bool:
         """Take ``uid`` out of the mesh. Returns False if it was not enrolled."""

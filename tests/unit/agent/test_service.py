@@ -16,9 +16,11 @@ from inmesh.agent.podsource import PodMeta
 from inmesh.agent.service import EnrollError, PodRegistry, PodState
 from inmesh.agent.state import StateFile
 from inmesh.errors import InmeshError
+from inmesh.redirect import RedirectSpec
 from tests.unit.agent.fakes import FakeBackend, FakeZds
 
 NETNS = "/proc/self/ns/net"
+POD_SPEC = RedirectSpec()
 POD = PodMeta(uid="u1", name="web", namespace="shop", node="n1", service_account="websa",
               labels={"istio.io/dataplane-mode": "ambient"}, ips=("10.0.0.2",))
 
@@ -113,4 +115,17 @@ def test_drift_is_repaired(tmp_path: Path) -> None:
     assert asyncio.run(reg.verify_and_repair("u1")) == ["nat chain istio-output: rule missing"]
     assert len(backend.applied) == 2
     assert asyncio.run(reg.verify_and_repair("u1")) == []
+    reg.close()
+
+
+def test_restore_sweeps_rules_of_a_backend_no_longer_in_use(tmp_path: Path) -> None:
+    from inmesh.agent.state import EnrolledRecord
+
+    old = FakeBackend(name="iptables", applied=[("x", POD_SPEC)])
+    backend, zds, state = FakeBackend(name="nftables"), FakeZds(), StateFile(str(tmp_path / "s.json"))
+    reg = PodRegistry(backend, zds, state, other_backends=[old])
+    rec = EnrolledRecord("u1", "web", "shop", "websa", NETNS, 0, 0, POD.ips)
+    asyncio.run(reg.restore(rec, POD, NETNS))
+    assert old.removed == [NETNS]
+    assert len(backend.applied) == 1
     reg.close()
