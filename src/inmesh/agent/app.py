@@ -15,11 +15,12 @@ import signal
 
 from inmesh.agent.cniapi import CniApi
 from inmesh.agent.httpapi import serve_unix
-from inmesh.agent.podsource import FileClusterStore, PodSource
 from inmesh.agent.reconcile import Reconciler
 from inmesh.agent.service import PodRegistry
 from inmesh.agent.settings import AgentSettings
 from inmesh.agent.state import StateFile
+from inmesh.cluster.model import PodSource
+from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import InmeshError
 from inmesh.redirect import RuleBackend, select_backend
 from inmesh.zds.server import ZdsServer

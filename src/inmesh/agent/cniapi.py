@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from inmesh.agent.enrollment import decide
 from inmesh.agent.httpapi import BadRequest, Request, Response
-from inmesh.agent.podsource import PodMeta, PodSource
 from inmesh.agent.reconcile import Reconciler
 from inmesh.agent.service import EnrollError, PodRegistry, PodState
 from inmesh.agent.settings import AgentSettings
+from inmesh.cluster.enrollment import decide
+from inmesh.cluster.model import PodMeta, PodSource
 
 log = logging.getLogger(__name__)
 

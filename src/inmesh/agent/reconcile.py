@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from inmesh.agent import procscan
-from inmesh.agent.enrollment import decide
-from inmesh.agent.podsource import PodMeta, PodSource
 from inmesh.agent.service import PodRegistry, PodState
 from inmesh.agent.settings import AgentSettings
 from inmesh.agent.state import EnrolledRecord
+from inmesh.cluster.enrollment import decide
+from inmesh.cluster.model import PodMeta, PodSource
 from inmesh.errors import InmeshError, NotFoundError
 
 log = logging.getLogger(__name__)

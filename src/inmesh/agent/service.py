@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from inmesh import netns
-from inmesh.agent.enrollment import redirect_spec_for
-from inmesh.agent.podsource import PodMeta
+from inmesh.agent.rulespec import redirect_spec_for
 from inmesh.agent.state import EnrolledRecord, StateFile
+from inmesh.cluster.model import PodMeta
 from inmesh.errors import InmeshError
 from inmesh.redirect import RedirectSpec, RuleBackend
 from inmesh.zds.messages import WorkloadInfo

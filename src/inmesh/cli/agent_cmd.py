@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -13,21 +14,27 @@ from inmesh.errors import ConfigError
 def register(app: typer.Typer) -> None:
     @app.command("agent")
     def agent(
-        node: str = typer.Option(..., help="Name of the node this agent serves."),
-        store: Path = typer.Option(..., help="Cluster store (pod source) file."),
-        run_dir: Path = typer.Option(Path("/var/run/inmesh"), help="Plugin socket directory."),
-        zds_socket: Path = typer.Option(
-            Path("/var/run/ztunnel/ztunnel.sock"), help="ZDS socket the proxy connects to."
+        node: Annotated[str, typer.Option(help="Name of the node this agent serves.")],
+        store: Annotated[Path, typer.Option(help="Cluster store (pod source) file.")],
+        run_dir: Annotated[Path, typer.Option(help="Plugin socket directory.")] = Path(
+            "/var/run/inmesh"
         ),
-        state_dir: Path = typer.Option(Path("/var/lib/inmesh/agent"), help="Durable state."),
-        backend: str = typer.Option("auto", help="Rule backend: auto, iptables or nftables."),
-        exclude_namespace: list[str] = typer.Option(
-            ["kube-system"], help="Namespaces never enrolled (repeatable)."
+        zds_socket: Annotated[
+            Path, typer.Option(help="ZDS socket the proxy connects to.")
+        ] = Path("/var/run/ztunnel/ztunnel.sock"),
+        state_dir: Annotated[Path, typer.Option(help="Durable state.")] = Path(
+            "/var/lib/inmesh/agent"
         ),
-        drift_check_interval: float = typer.Option(
-            10.0, help="Seconds between verifications of every enrolled pod's rules."
-        ),
-        log_level: str = typer.Option("info", help="debug, info, warning or error."),
+        backend: Annotated[
+            str, typer.Option(help="Rule backend: auto, iptables or nftables.")
+        ] = "auto",
+        exclude_namespace: Annotated[
+            list[str] | None, typer.Option(help="Namespaces never enrolled (repeatable).")
+        ] = None,
+        drift_check_interval: Annotated[
+            float, typer.Option(help="Seconds between verifications of every pod's rules.")
+        ] = 10.0,
+        log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     ) -> None:
         """Run the node agent: enrolls pods, installs in-pod rules, serves ZDS to the proxy."""
         from inmesh.agent.app import run
@@ -44,7 +51,9 @@ def register(app: typer.Typer) -> None:
                 zds_socket=str(zds_socket),
                 state_dir=str(state_dir),
                 backend=backend,
-                excluded_namespaces=frozenset(exclude_namespace),
+                excluded_namespaces=frozenset(
+                    ["kube-system"] if exclude_namespace is None else exclude_namespace
+                ),
                 drift_check_interval=drift_check_interval,
             )
         except ConfigError as exc:

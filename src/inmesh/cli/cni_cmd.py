@@ -39,6 +39,13 @@ def install_cmd(
     agent_timeout: Annotated[
         float, typer.Option("--agent-timeout", help="Seconds ADD waits for the agent.")
     ] = DEFAULT_AGENT_TIMEOUT_SECONDS,
+    pod_source: Annotated[
+        str,
+        typer.Option(
+            "--pod-source",
+            help="Cluster store the plugin reads when the agent is down: non-mesh pods may start.",
+        ),
+    ] = "",
     wait: Annotated[
         float,
         typer.Option("--wait", help="Seconds to wait for the primary CNI config (0: fail now)."),
@@ -54,6 +61,7 @@ def install_cmd(
             agent_run_dir,
             tuple(exclude_namespace or ()),
             agent_timeout_seconds=agent_timeout,
+            pod_source=pod_source,
         )
     except InmeshError as exc:
         raise _fail(exc) from exc

@@ -46,6 +46,9 @@ class PluginConfig:
     agent_run_dir: str = DEFAULT_AGENT_RUN_DIR
     exclude_namespaces: frozenset[str] = frozenset()
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
+    pod_source: str = ""
+    """Path of the cluster store, read only when the agent cannot be asked: a pod that is not
+    in the mesh may then start; a mesh pod (or an unknown one) still fails closed."""
 
     @property
     def socket_path(self) -> str:
@@ -71,22 +74,29 @@ class PluginConfig:
                 ERR_INVALID_CONFIG,
                 f"agent_timeout_seconds must be a number in (0, {MAX_AGENT_TIMEOUT_SECONDS:g}]",
             )
-        return cls(run_dir, frozenset(excluded), float(timeout))
+        pod_source = raw.get("pod_source", "")
+        if not isinstance(pod_source, str):
+            raise CniError(ERR_INVALID_CONFIG, "pod_source must be a string (a file path)")
+        return cls(run_dir, frozenset(excluded), float(timeout), pod_source)
 
 
 def plugin_entry(
     agent_run_dir: str = DEFAULT_AGENT_RUN_DIR,
     exclude_namespaces: tuple[str, ...] = (),
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS,
+    pod_source: str = "",
 ) -> dict[str, Any]:
     """The object the installer appends to the chain (no cniVersion: the list supplies it)."""
-    return {
+    entry: dict[str, Any] = {
         "type": PLUGIN_TYPE,
         "name": PLUGIN_TYPE,
         "cni_agent_run_dir": agent_run_dir,
         "exclude_namespaces": list(exclude_namespaces),
         "agent_timeout_seconds": agent_timeout_seconds,
     }
+    if pod_source:
+        entry["pod_source"] = pod_source
+    return entry
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ def install(
     *,
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS,
     plugin_source: str | None = None,
+    pod_source: str = "",
 ) -> InstallResult:
     """Copy the plugin into ``bin_dir``; chain it last into the primary config of ``conf_dir``."""
     source = plugin_source or default_plugin_source()
@@ -80,7 +81,9 @@ def install(
     primary = _require_primary(conf_dir)
     data, st = read_file(os.path.join(conf_dir, primary))
     config = parse_config_file(primary, data)
-    entry = plugin_entry(agent_run_dir, tuple(exclude_namespaces), agent_timeout_seconds)
+    entry = plugin_entry(
+        agent_run_dir, tuple(exclude_namespaces), agent_timeout_seconds, pod_source
+    )
     target = list_name(config)
     content = render(with_plugin(config, entry))
     record = _load_record(conf_dir)

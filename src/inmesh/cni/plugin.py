@@ -137,10 +137,16 @@ def _add(request: CniRequest, settings: PluginConfig, pod: PodRef, post: Transpo
     try:
         reply = post(settings.socket_path, PATH_ADD, body, settings.agent_timeout_seconds)
     except AgentUnreachableError as exc:
+        local = local_decision(settings, pod)
+        if local is not None and not local[0]:
+            _log("warning", "agent unreachable; pod is not a mesh pod, letting it start",
+                 pod=str(pod), reason=local[1], error=str(exc))
+            return
+        why = "it belongs in the mesh" if local else "whether it belongs in the mesh is unknown"
         raise CniError(
             ERR_TRY_AGAIN_LATER,
             f"inmesh agent unreachable at {settings.socket_path} ({exc}); pod {pod} is held back "
-            "rather than started without traffic capture",
+            f"rather than started without traffic capture ({why})",
         ) from None
     if reply.status != 200:
         raise CniError(
@@ -149,6 +155,28 @@ def _add(request: CniRequest, settings: PluginConfig, pod: PodRef, post: Transpo
             f"{reply_excerpt(reply.body)}",
         )
     _log("info", "agent answered ADD", pod=str(pod), **_decision(reply.body))
+
+
+def local_decision(settings: PluginConfig, pod: PodRef) -> tuple[bool, str] | None:
+    """(enroll, reason) from the pod source when the agent is down; None when it cannot tell.
+
+    Imported lazily: only this fallback reads the store."""
+    if not settings.pod_source:
+        return None
+    from inmesh.cluster.enrollment import decide
+    from inmesh.cluster.store import FileClusterStore
+    from inmesh.errors import InmeshError
+
+    try:
+        view = FileClusterStore(settings.pod_source).view()
+    except InmeshError as exc:
+        _log("warning", "pod source unreadable", path=settings.pod_source, error=str(exc))
+        return None
+    meta = view.pod_by_name(pod.namespace, pod.name)
+    if meta is None or (pod.uid and meta.uid != pod.uid):
+        return None
+    decision = decide(meta, view.namespace(meta.namespace), settings.exclude_namespaces)
+    return decision.enroll, decision.reason
 
 
 def _check(request: CniRequest, settings: PluginConfig, pod: PodRef, post: Transport) -> None:

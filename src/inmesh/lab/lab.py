@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from inmesh.agent.podsource import FileClusterStore, PodMeta
+from inmesh.cluster.model import PodMeta
+from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import ConfigError, InmeshError, NotFoundError
 from inmesh.lab import namespaces
 from inmesh.lab.labels import LabelOp, apply_label_ops

@@ -126,6 +126,7 @@ class NodeManager:
             conf_dir=str(node.conf_dir),
             bin_dir=str(node.bin_dir),
             agent_run_dir=str(node.agent_run_dir),
+            pod_source=str(self.lab.store),
         )
 
     def _ensure_process(self, name: str, role: str, backend: str) -> None:

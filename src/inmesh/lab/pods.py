@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from inmesh.agent.podsource import FileClusterStore, PodMeta
+from inmesh.cluster.model import PodMeta
+from inmesh.cluster.store import FileClusterStore
 from inmesh.cni.runtime import CniInvocation, CniPluginError, CniRuntime
 from inmesh.errors import ConfigError, InmeshError, NotFoundError
 from inmesh.lab import namespaces, procs

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inmesh.agent.enrollment import decide
-from inmesh.agent.podsource import ClusterView, PodMeta
+from inmesh.cluster.enrollment import decide
+from inmesh.cluster.model import ClusterView, PodMeta
 from inmesh.lab.cniconf import NodeNetwork
 from inmesh.lab.layout import netns_path, node_netns_name
 from inmesh.lab.state import LabState, PodRecord

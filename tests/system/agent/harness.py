@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inmesh.agent.podsource import FileClusterStore
+from inmesh.cluster.store import FileClusterStore
 from inmesh.zds.client import ZdsClient, ZdsClientSettings
 from inmesh.zds.messages import WorkloadInfo
 

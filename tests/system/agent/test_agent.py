@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from inmesh.agent.podsource import PodMeta
+from inmesh.cluster.model import PodMeta
 from inmesh.redirect import RedirectSpec, select_backend
 from tests.system.agent.harness import AgentProcess, RecordingProxy, http_call, wait_for
 from tests.system.nshelpers import NetnsFactory

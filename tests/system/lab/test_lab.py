@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from inmesh.agent.podsource import FileClusterStore
+from inmesh.cluster.store import FileClusterStore
 from inmesh.lab import namespaces, procs
 from inmesh.lab._poll import poll_until
 from inmesh.lab.layout import netns_path

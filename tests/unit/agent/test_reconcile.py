@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from inmesh.agent import reconcile
-from inmesh.agent.podsource import FileClusterStore, PodMeta
 from inmesh.agent.reconcile import Backoff, Reconciler
 from inmesh.agent.service import PodRegistry, PodState
 from inmesh.agent.settings import AgentSettings
 from inmesh.agent.state import StateFile
+from inmesh.cluster.model import PodMeta
+from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import InmeshError
 from tests.unit.agent.fakes import FakeBackend, FakeZds
 

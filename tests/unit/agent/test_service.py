@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from inmesh.agent.podsource import PodMeta
 from inmesh.agent.service import EnrollError, PodRegistry, PodState
 from inmesh.agent.state import StateFile
+from inmesh.cluster.model import PodMeta
 from inmesh.errors import InmeshError
 from inmesh.redirect import RedirectSpec
 from tests.unit.agent.fakes import FakeBackend, FakeZds

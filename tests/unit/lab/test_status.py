@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from inmesh.agent.podsource import ClusterView, NamespaceMeta, PodMeta
+from inmesh.cluster.model import ClusterView, NamespaceMeta, PodMeta
 from inmesh.lab.state import LabState, NodeRecord, PodRecord
 from inmesh.lab.status import (
     NO_PROXY,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from inmesh.agent.podsource import FileClusterStore, PodMeta
+from inmesh.cluster.model import PodMeta
+from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import ConfigError
 
 

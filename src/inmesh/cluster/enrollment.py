@@ -2,27 +2,19 @@
 
 A pod is enrolled when it carries ``istio.io/dataplane-mode=ambient``, or when its namespace does
 and the pod is not set to ``none``. Host-network pods, sidecar-injected pods, pods of excluded
-namespaces and finished pods never are (reference section 3.2).
+namespaces and finished pods never are (reference section 3.2). The agent decides with it, and
+the CNI plugin too when the agent cannot be asked.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from inmesh.agent.podsource import NamespaceMeta, PodMeta
-from inmesh.constants import (
-    ANNOTATION_BYPASS_INBOUND,
-    ANNOTATION_SIDECAR_STATUS,
-    LABEL_DATAPLANE_MODE,
-)
-from inmesh.redirect.model import RedirectSpec
+from inmesh.cluster.model import NamespaceMeta, PodMeta
+from inmesh.constants import ANNOTATION_SIDECAR_STATUS, LABEL_DATAPLANE_MODE
 
 MODE_AMBIENT = "ambient"
 MODE_NONE = "none"
-
-_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -50,14 +42,3 @@ def decide(
     if namespace.labels.get(LABEL_DATAPLANE_MODE) == MODE_AMBIENT:
         return Decision(True, f"namespace label {LABEL_DATAPLANE_MODE}={MODE_AMBIENT}")
     return Decision(False, "no ambient label on pod or namespace")
-
-
-def redirect_spec_for(pod: PodMeta, ips: tuple[str, ...]) -> RedirectSpec:
-    """The rule set a pod needs: families from its addresses, inbound capture unless bypassed."""
-    versions = {ipaddress.ip_address(ip.split("/")[0]).version for ip in ips}
-    bypass = pod.annotations.get(ANNOTATION_BYPASS_INBOUND, "") in _TRUE
-    return RedirectSpec(
-        ipv4=4 in versions or not versions,
-        ipv6=6 in versions,
-        inbound_capture=not bypass,
-    )
