@@ -110,6 +110,13 @@ class AgentLink:
         self._task = asyncio.create_task(self._run(), name=f"zds-{name}")
 
     @property
+    def greeted(self) -> bool:
+        """True once the peer said Hello: only then is it a ztunnel that may receive Adds."""
+        return self._hello.done() and not self._hello.cancelled() and (
+            self._hello.exception() is None
+        )
+
+    @property
     def closed(self) -> bool:
         return self._closed
 

@@ -86,7 +86,8 @@ class ZdsServer:
 
     @property
     def connection_count(self) -> int:
-        return len(self._links)
+        """Connections whose peer said Hello (a silent or garbage peer is not a ztunnel)."""
+        return sum(1 for link in self._links if link.greeted)
 
     async def start(self) -> None:
         """Remove a stale socket file, listen, and start accepting connections."""
@@ -126,10 +127,11 @@ class ZdsServer:
         """Send Add to the newest connection (behind its snapshot if that is still being sent)
         and wait for the ack. Raises ZdsNotConnected, ZdsNacked or ZdsTimeout. `netns_fd` is
         duplicated at once: the caller keeps it and may close it whenever it likes."""
-        if not self._links:
+        greeted = [link for link in self._links if link.greeted]
+        if not greeted:
             raise ZdsNotConnected(f"no ztunnel connection to add pod {uid}")
         request = AddWorkload(uid, info)
-        ack = await self._links[-1].request(request, netns_fd)
+        ack = await greeted[-1].request(request, netns_fd)
         if not ack.ok:
             raise ZdsNacked(ack.error, request)
 

@@ -308,7 +308,9 @@ def test_silent_ztunnel_is_dropped_after_the_hello_timeout(tmp_path: Path) -> No
         async with serving(path, settings=SHORT) as server:
             peer = await to_thread(RawPeer.connect, path)
             try:
-                await eventually(lambda: server.connection_count == 1)
+                assert server.connection_count == 0  # no Hello: not a ztunnel, gets no Adds
+                with netns_fd() as fd, pytest.raises(ZdsNotConnected):
+                    await server.add_workload("a", INFO, fd)
                 await assert_dropped(peer)
                 assert server.connection_count == 0
             finally:
