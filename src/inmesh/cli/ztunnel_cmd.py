@@ -2,9 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
+
+from inmesh.errors import ConfigError
+from inmesh.ztunnel.settings import ZtunnelSettings
 
 
 def register(app: typer.Typer) -> None:
-    """Add this process's commands to the root app (filled in as the process is built)."""
-    del app
+    """Add the `ztunnel` command to the root app."""
+    app.command("ztunnel")(ztunnel)
+
+
+def ztunnel(
+    node: str = typer.Option(..., "--node", help="Name of the node this ztunnel serves."),
+    zds_socket: str = typer.Option(..., "--zds-socket", help="Path of the agent's ZDS socket."),
+    admin_addr: str = typer.Option("127.0.0.1:15000", help="Admin server (/config_dump)."),
+    metrics_addr: str = typer.Option("0.0.0.0:15020", help="Metrics server (/metrics)."),
+    readiness_addr: str = typer.Option("0.0.0.0:15021", help="Readiness (/healthz/ready)."),
+    drain_deadline: float = typer.Option(
+        5.0, help="Seconds live connections may run after SIGTERM before they are reset."),
+    connect_timeout: float = typer.Option(10.0, help="Upstream connect timeout in seconds."),
+    listen_backlog: int = typer.Option(128, help="Accept queue length of in-pod listeners."),
+    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+) -> None:
+    """Run ztunnel in the node's netns: a proxy inside every pod the agent hands over by ZDS."""
+    from inmesh.ztunnel.app import run
+    from inmesh.ztunnel.settings import ProxySettings
+
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ZtunnelSettings(
+            node_name=node,
+            zds_socket=zds_socket,
+            admin_addr=ZtunnelSettings.addr(admin_addr),
+            metrics_addr=ZtunnelSettings.addr(metrics_addr),
+            readiness_addr=ZtunnelSettings.addr(readiness_addr),
+            drain_deadline=drain_deadline,
+            proxy=ProxySettings(connect_timeout=connect_timeout, listen_backlog=listen_backlog),
+        )
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    raise typer.Exit(run(settings))

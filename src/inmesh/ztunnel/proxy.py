@@ -1,0 +1,222 @@
+"""The proxy of one pod: three listeners inside the pod's netns and the connections they accept.
+
+Outbound (15001): the app's redirected connection is relayed to its original destination from
+a marked socket in the pod netns (source = the pod IP). Inbound plaintext (15006): relayed to
+the original destination from the client's own IP (transparent), so the app sees its real peer.
+Inbound HBONE (15008) is bound to reserve the port; until HBONE exists each connection is
+accepted and reset at once, so a peer fails fast instead of hanging in the accept queue.
+
+A failed connection closes only itself. `drain` closes the listeners at once and the live
+connections at a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from inmesh.constants import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
+from inmesh.errors import KernelError
+from inmesh.zds.messages import WorkloadInfo
+from inmesh.ztunnel.addressing import Endpoint, endpoint_of, inbound_refusal, outbound_refusal
+from inmesh.ztunnel.metrics import TrafficLabels, ZtunnelMetrics
+from inmesh.ztunnel.relay import Relay, reset_close
+from inmesh.ztunnel.settings import ProxySettings
+from inmesh.ztunnel.sockets import PodSockets, original_dst, tune_stream
+
+log = logging.getLogger(__name__)
+
+LISTEN_PORTS = (OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT)
+_ACCEPT_PAUSE = 0.1  # seconds a listener rests after EMFILE & co., instead of spinning
+
+Handler = Callable[[socket.socket, Any], Coroutine[Any, Any, None]]
+
+
+class PodProxy:
+    """Listeners and live connections of one pod. ``netns_fd`` is borrowed during `start`."""
+
+    def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, settings: ProxySettings,
+                 metrics: ZtunnelMetrics) -> None:
+        self.uid = uid
+        self.info = info
+        self.label = f"{info.namespace}/{info.name}"
+        self._netns_fd = netns_fd
+        self._settings = settings
+        self._metrics = metrics
+        self._sockets: PodSockets | None = None
+        self._listeners: dict[socket.socket, Handler] = {}
+        self._conns: set[asyncio.Task[None]] = set()
+        self._drained = False
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    async def start(self) -> None:
+        """Enter the pod netns and listen on 15001/15006/15008; `KernelError` if impossible."""
+        self._sockets = PodSockets(self._netns_fd, self._settings, self.label)
+        try:
+            socks = await self._sockets.listeners(LISTEN_PORTS)
+        except BaseException:
+            self._sockets.close()
+            raise
+        loop = asyncio.get_running_loop()
+        handlers = (self._outbound, self._inbound, self._hbone)
+        for sock, handler in zip(socks, handlers, strict=True):
+            self._listeners[sock] = handler
+            loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        log.info("pod %s (uid %s): proxy listening on %s", self.label, self.uid, LISTEN_PORTS)
+
+    async def drain(self, deadline: float | None) -> None:
+        """Stop accepting now; let live connections finish until ``deadline`` (event loop time,
+        `loop.time()`), then force-close (reset) the rest. ``None`` resets them at once."""
+        if self._drained:
+            return
+        self._drained = True
+        self._close_listeners(accept_queued=deadline is not None)
+        pending = set(self._conns)
+        if pending and deadline is not None:
+            timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._sockets is not None:
+            self._sockets.close()
+        log.info("pod %s (uid %s): proxy drained", self.label, self.uid)
+
+    # -- accepting -----------------------------------------------------------------------
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        handler = self._listeners[listener]
+        for _ in range(self._settings.accept_batch):
+            try:
+                conn, peer = listener.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:  # EMFILE, ENOBUFS...: rest instead of spinning on the fd
+                log.warning("pod %s: accept failed: %s", self.label, exc.strerror)
+                self._pause(listener)
+                return
+            self._spawn(handler, conn, peer)
+
+    def _pause(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(listener.fileno())
+
+        def resume() -> None:
+            if listener in self._listeners:
+                loop.add_reader(listener.fileno(), self._on_acceptable, listener)
+
+        loop.call_later(_ACCEPT_PAUSE, resume)
+
+    def _spawn(self, handler: Handler, conn: socket.socket, peer: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(handler, conn, peer))
+        self._conns.add(task)
+        task.add_done_callback(self._conns.discard)
+
+    async def _guarded(self, handler: Handler, conn: socket.socket, peer: Any) -> None:
+        """Run one connection's handler; a bug there closes that connection, nothing else."""
+        try:
+            await handler(conn, peer)
+        except Exception:
+            log.exception("pod %s: connection from %s failed", self.label, peer)
+            reset_close(conn)  # a no-op if the relay already closed it
+
+    def _close_listeners(self, accept_queued: bool) -> None:
+        """Close every listener. With ``accept_queued``, first take the connections already in
+        the accept queue: closing a listener would reset them, although the kernel completed
+        their handshake (with SO_REUSEPORT a successor takes the new ones)."""
+        loop = asyncio.get_running_loop()
+        for listener, handler in list(self._listeners.items()):
+            loop.remove_reader(listener.fileno())
+            while accept_queued:
+                try:
+                    conn, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                self._spawn(handler, conn, peer)
+            listener.close()
+        self._listeners.clear()
+
+    # -- connection handlers -------------------------------------------------------------
+
+    async def _outbound(self, client: socket.socket, peer: Any) -> None:
+        dst = original_dst(client)
+        labels = TrafficLabels(
+            reporter="source",
+            source_workload=self.info.name,
+            source_workload_namespace=self.info.namespace,
+            destination_service=dst.ip,
+        )
+        await self._serve(client, dst, None, outbound_refusal(dst), labels)
+
+    async def _inbound(self, client: socket.socket, peer: Any) -> None:
+        dst = original_dst(client)
+        labels = TrafficLabels(
+            reporter="destination",
+            destination_workload=self.info.name,
+            destination_workload_namespace=self.info.namespace,
+            destination_service=dst.ip,
+        )
+        await self._serve(client, dst, endpoint_of(peer).ip, inbound_refusal(dst), labels)
+
+    async def _hbone(self, client: socket.socket, peer: Any) -> None:
+        log.debug("pod %s: HBONE from %s refused: not implemented yet", self.label, peer)
+        reset_close(client)
+
+    async def _serve(self, client: socket.socket, dst: Endpoint, src_ip: str | None,
+                     refusal: str | None, labels: TrafficLabels) -> None:
+        """Connect upstream (from ``src_ip`` if given) and relay; never raises but cancellation."""
+        if refusal is not None:
+            log.info("pod %s: refused connection to %s: %s", self.label, dst, refusal)
+            reset_close(client)
+            return
+        try:
+            upstream = await self._connect(client, dst, src_ip)
+        except (OSError, KernelError) as exc:
+            log.info("pod %s: connect to %s failed: %s", self.label, dst, exc)
+            self._metrics.failed(replace(labels, response_flags="CONNECT"))
+            reset_close(client)
+            return
+        except BaseException:
+            reset_close(client)
+            raise
+        try:
+            relay = Relay(client, upstream, self._settings.pipe_size)  # owns both from here
+        except OSError as exc:  # no pipes left (EMFILE): both sockets were reset
+            log.warning("pod %s: cannot relay to %s: %s", self.label, dst, exc.strerror)
+            self._metrics.failed(labels)
+            return
+        self._metrics.opened(labels)
+        try:
+            result = await relay.run()
+            log.debug("pod %s: %s done: %s", self.label, dst, result)
+        finally:
+            self._metrics.closed(labels, received=relay.a_to_b, sent=relay.b_to_a)
+
+    async def _connect(self, client: socket.socket, dst: Endpoint,
+                       src_ip: str | None) -> socket.socket:
+        assert self._sockets is not None  # started before any listener exists
+        tune_stream(client, self._settings)
+        if src_ip is None:
+            upstream = await self._sockets.upstream(dst)
+        else:
+            upstream = await self._sockets.transparent_upstream(src_ip, dst)
+        try:
+            async with asyncio.timeout(self._settings.connect_timeout):
+                await asyncio.get_running_loop().sock_connect(upstream, dst)
+        except BaseException:
+            upstream.close()
+            raise
+        return upstream
+

@@ -1,0 +1,52 @@
+"""`inmesh ztunnel` turns its flags into ZtunnelSettings and refuses bad ones before starting."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from inmesh.cli.main import app
+from inmesh.ztunnel import app as ztunnel_app
+from inmesh.ztunnel.addressing import HostPort
+from inmesh.ztunnel.settings import ZtunnelSettings
+
+
+def test_flags_become_settings_and_the_exit_status_is_run_s(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ZtunnelSettings] = []
+
+    def fake_run(settings: ZtunnelSettings) -> int:
+        seen.append(settings)
+        return 3
+
+    monkeypatch.setattr(ztunnel_app, "run", fake_run)
+    result = CliRunner().invoke(app, [
+        "ztunnel", "--node", "node-1", "--zds-socket", "/run/z.sock",
+        "--admin-addr", "127.0.0.1:16000", "--metrics-addr", "[::]:16020",
+        "--readiness-addr", "0.0.0.0:16021", "--drain-deadline", "25",
+        "--connect-timeout", "2.5", "--listen-backlog", "512"])
+    assert result.exit_code == 3, result.output
+    (s,) = seen
+    assert (s.node_name, s.zds_socket, s.drain_deadline) == ("node-1", "/run/z.sock", 25.0)
+    assert (s.admin_addr, s.metrics_addr, s.readiness_addr) == (
+        HostPort("127.0.0.1", 16000), HostPort("::", 16020), HostPort("0.0.0.0", 16021))
+    assert (s.proxy.connect_timeout, s.proxy.listen_backlog) == (2.5, 512)
+
+
+@pytest.mark.parametrize("args", [
+    ["--admin-addr", "localhost:1"],
+    ["--drain-deadline", "-1"],
+    ["--listen-backlog", "0"],
+    ["--log-level", "loud"],
+])
+def test_bad_flags_exit_2_without_running(args: list[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr(ztunnel_app, "run", lambda s: ran.append(s) or 0)
+    result = CliRunner().invoke(app, ["ztunnel", "--node", "n", "--zds-socket", "/z", *args])
+    assert result.exit_code == 2
+    assert ran == []
+
+
+def test_node_and_zds_socket_are_required() -> None:
+    assert CliRunner().invoke(app, ["ztunnel", "--node", "n"]).exit_code == 2
