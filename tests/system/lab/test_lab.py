@@ -181,7 +181,7 @@ def test_failed_add_leaves_nothing_and_reports_the_plugin_error(
     assert env.lab.state.load().pods == {}
     assert FileClusterStore(str(env.lab.layout.store)).view().pods == {}
 
-    cli = env.cli("pod", "add", "web2", check=False)
+    cli = env.cli("pod", "add", "web2", "-l", "istio.io/dataplane-mode=ambient", check=False)
     assert cli.returncode == 1
     assert "code 11" in cli.stderr
     assert cli.stderr.count("\n") == 1
