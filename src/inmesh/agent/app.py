@@ -47,7 +47,9 @@ async def serve(settings: AgentSettings, source: PodSource | None = None) -> Non
     records = state.load()
     # the server asks for a snapshot only after start(), when `registry` is bound
     zds = ZdsServer(settings.zds_socket, lambda: registry.snapshot())
-    registry = PodRegistry(backend, zds, state, other_backends(backend.name))
+    registry = PodRegistry(
+        backend, zds, state, other_backends(backend.name), annotate=source.annotate
+    )
     reconciler = Reconciler(settings, source, registry)
     ready = False
     api = CniApi(settings, source, registry, reconciler, lambda: ready, backend.name)

@@ -14,7 +14,7 @@ import enum
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,12 +22,17 @@ from inmesh import netns
 from inmesh.agent.rulespec import redirect_spec_for
 from inmesh.agent.state import EnrolledRecord, StateFile
 from inmesh.cluster.model import PodMeta
+from inmesh.constants import ANNOTATION_REDIRECTION
 from inmesh.errors import InmeshError
 from inmesh.redirect import RedirectSpec, RuleBackend
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.zds.server import SnapshotEntry
 
 log = logging.getLogger(__name__)
+
+
+REDIRECTION_ENABLED = "enabled"
+REDIRECTION_PENDING = "pending"
 
 
 class PodState(enum.Enum):
@@ -114,8 +119,13 @@ class PodRegistry:
         zds: ZdsPeer,
         state: StateFile,
         other_backends: Sequence[RuleBackend] = (),
+        annotate: Callable[[str, str, str | None], None] | None = None,
     ) -> None:
         self.backend = backend
+        self._annotate = annotate
+        """Writes the pod's redirection annotation (Istio: ambient.istio.io/redirection), which
+        tells the control plane the pod can receive HBONE."""
+        self._annotated: dict[str, str | None] = {}
         self.other_backends = other_backends
         """Backends whose leftovers are swept when a pod is restored (the setting changed)."""
         self.zds = zds
@@ -192,11 +202,27 @@ class PodRegistry:
             await self.zds.add_workload(entry.uid, entry.info, entry.netns_fd)
         except InmeshError as exc:
             entry.state, entry.error = PodState.PENDING, f"proxy: {exc}"
+            await self._mark(entry.uid, REDIRECTION_PENDING)
             raise EnrollError(
                 f"pod {entry.namespace}/{entry.name}: the proxy did not take it: {exc}",
                 retryable=True,
             ) from exc
         entry.state, entry.error = PodState.ENROLLED, None
+        await self._mark(entry.uid, REDIRECTION_ENABLED)
+
+    async def _mark(self, uid: str, value: str | None, force: bool = False) -> None:
+        """Write the redirection annotation if it changed (best effort: logged on failure)."""
+        if self._annotate is None or (not force and self._annotated.get(uid) == value):
+            return
+        try:
+            await asyncio.to_thread(self._annotate, uid, ANNOTATION_REDIRECTION, value)
+        except InmeshError as exc:
+            log.warning("cannot annotate pod %s: %s", uid, exc)
+            return
+        if value is None:
+            self._annotated.pop(uid, None)
+        else:
+            self._annotated[uid] = value
 
     async def retry_pending(self, uid: str) -> None:
         async with self._locks[uid]:
@@ -231,6 +257,9 @@ class PodRegistry:
                     raise
             await self.zds.del_workload(uid)
             del self.pods[uid]
+            if not pod_deleted:
+                await self._mark(uid, None, force=True)
+            self._annotated.pop(uid, None)
             os.close(entry.netns_fd)
             self._persist()
             log.info("pod %s/%s left the mesh (%s)", entry.namespace, entry.name,

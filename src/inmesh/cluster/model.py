@@ -107,4 +107,10 @@ class PodSource(Protocol):
         """The latest view; cheap to call repeatedly (implementations cache)."""
         ...
 
+    def annotate(self, uid: str, key: str, value: str | None) -> None:
+        """Set (None: remove) an annotation on pod ``uid``, as the agent patches a pod's status.
+
+        A no-op if the pod is gone."""
+        ...
+
 

@@ -94,6 +94,23 @@ class FileClusterStore:
     def delete_pod(self, uid: str) -> None:
         self.update(lambda doc: doc["pods"].pop(uid, None))
 
+    def annotate(self, uid: str, key: str, value: str | None) -> None:
+        pod = self.view().pods.get(uid)
+        if pod is None or pod.annotations.get(key) == value:
+            return
+
+        def mutate(doc: dict[str, Any]) -> None:
+            pod = doc["pods"].get(uid)
+            if pod is None:
+                return
+            annotations = pod.setdefault("annotations", {})
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+
+        self.update(mutate)
+
     def set_namespace_labels(self, name: str, labels: Mapping[str, str]) -> None:
         def mutate(doc: dict[str, Any]) -> None:
             doc["namespaces"][name] = {"labels": dict(labels)}

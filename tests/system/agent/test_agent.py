@@ -63,11 +63,15 @@ def test_running_pod_follows_its_namespace_label(world: tuple[AgentProcess, str,
         assert [a[0] for a in proxy.adds] == [uid]
         assert proxy.adds[0][1].service_account == "web-sa"
         assert agent.status()["backend"] == backend_name
+        redirection = "ambient.istio.io/redirection"
+        wait_for(lambda: agent.store.view().pods[uid].annotations.get(redirection) == "enabled",
+                 what="redirection annotation")
 
         agent.store.set_namespace_labels("shop", {})
         wait_for(lambda: state_of(agent, uid) is None, what="un-enrollment")
         assert not backend.installed(pod_ns)
         assert proxy.dels == [uid]
+        assert redirection not in agent.store.view().pods[uid].annotations
     finally:
         proxy.stop()
 

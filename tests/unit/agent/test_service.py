@@ -108,6 +108,21 @@ def test_unenroll_removes_rules_unless_deleted_and_tells_every_proxy(tmp_path: P
     assert len(backend.removed) == 1  # a deleted pod's netns is going away: rules untouched
 
 
+def test_redirection_annotation_follows_the_pod_state(tmp_path: Path) -> None:
+    marks: list[tuple[str, str, str | None]] = []
+    backend, zds, state = FakeBackend(), FakeZds(), StateFile(str(tmp_path / "s.json"))
+    reg = PodRegistry(backend, zds, state, annotate=lambda *a: marks.append(a))
+    zds.fail_with = InmeshError("no ztunnel connection")
+    with pytest.raises(EnrollError):
+        asyncio.run(reg.enroll(POD, NETNS, POD.ips))
+    zds.fail_with = None
+    asyncio.run(reg.retry_pending("u1"))
+    asyncio.run(reg.enroll(POD, NETNS, POD.ips))  # unchanged: not written again
+    asyncio.run(reg.unenroll("u1", pod_deleted=False))
+    key = "ambient.istio.io/redirection"
+    assert marks == [("u1", key, "pending"), ("u1", key, "enabled"), ("u1", key, None)]
+
+
 def test_drift_is_repaired(tmp_path: Path) -> None:
     reg, backend, _, _ = make(tmp_path)
     asyncio.run(reg.enroll(POD, NETNS, POD.ips))

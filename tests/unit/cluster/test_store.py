@@ -48,3 +48,17 @@ def test_corrupt_store_is_a_config_error(tmp_path: Path) -> None:
 def test_malformed_pod_record_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="malformed pod record"):
         PodMeta.from_json({"uid": "x"})
+
+
+def test_annotate_sets_and_removes_and_ignores_gone_pods(tmp_path: Path) -> None:
+    store = FileClusterStore(str(tmp_path / "cluster.json"))
+    store.put_pod(_pod())
+    store.annotate("u1", "ambient.istio.io/redirection", "enabled")
+    assert store.view().pods["u1"].annotations == {"ambient.istio.io/redirection": "enabled"}
+    revision = store.view().revision
+    store.annotate("u1", "ambient.istio.io/redirection", "enabled")
+    assert store.view().revision == revision  # no change, no write
+    store.annotate("u1", "ambient.istio.io/redirection", None)
+    assert store.view().pods["u1"].annotations == {}
+    store.annotate("gone", "ambient.istio.io/redirection", "enabled")
+    assert "gone" not in store.view().pods
