@@ -18,7 +18,7 @@ from typing import Any
 from inmesh.cluster.model import PodMeta
 from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import ConfigError, InmeshError, NotFoundError
-from inmesh.lab import namespaces
+from inmesh.lab import fabric, namespaces
 from inmesh.lab.labels import LabelOp, apply_label_ops
 from inmesh.lab.layout import LabLayout, check_node_name, netns_path
 from inmesh.lab.nodes import NodeManager
@@ -89,8 +89,10 @@ class Lab:
             )
             for rec in sorted(state.nodes.values(), key=lambda n: n.index):
                 self.nodes.ensure(rec, state.backend)
-            # Inter-node wiring goes here once nodes must reach each other: a step that links
-            # every node netns to a shared segment and routes the other nodes' pod CIDRs.
+            if len(state.nodes) > 1:
+                indexes = {n.name: n.index for n in state.nodes.values()}
+                wired = fabric.ensure(state.node_prefix, indexes)
+                self.report(f"nodes linked through {wired} ({fabric.FABRIC_CIDR})")
             return self.state.load()
 
     def _plan(self, s: LabState, names: list[str], backend: str, prefix: str) -> LabState:
@@ -147,6 +149,11 @@ class Lab:
             self.nodes.stop_processes(node)
         for node in state.nodes.values():
             problems += self.nodes.teardown(node.name)
+        try:
+            if fabric.teardown(state.node_prefix):
+                self.report(f"deleted {fabric.fabric_netns_name(state.node_prefix)}")
+        except InmeshError as exc:
+            problems.append(f"fabric: {exc}")
         return problems
 
     def _delete_unrecorded_pods(self, state: LabState) -> list[str]:
