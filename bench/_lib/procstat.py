@@ -1,0 +1,126 @@
+"""Readings from /proc: a process's CPU time, the machine's busy time, listening sockets;
+and pinning a process's threads to CPUs for the one-CPU latency test.
+
+Used around each measurement to show what limits it: the proxy's CPU share (one core = 100%)
+and how busy the whole machine was (all cores = 100%). Listening state is read from
+/proc/<pid>/net/tcp{,6}, which shows the network namespace *of that pid*, so a server started
+in a pod can be waited for without entering the pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TCP_LISTEN = "0A"
+"""State column of /proc/net/tcp for LISTEN."""
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` (all its threads); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLK_TCK
+
+
+def machine_jiffies() -> list[int]:
+    """user, nice, system, idle, iowait, irq, softirq, steal jiffies summed over all CPUs."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:9]]
+    return values + [0] * (8 - len(values))
+
+
+_IDLE, _IOWAIT, _SOFTIRQ, _STEAL = 3, 4, 6, 7
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    wall_s: float
+    proxy_pct: float | None
+    """The proxy's CPU over the window, in % of one core (None if it could not be read).
+    Its own user + system time: packet processing the kernel does in softirq context on its
+    behalf is not in it (see `softirq_pct`)."""
+    machine_pct: float
+    """All CPUs busy over the window, in % of the whole machine (100 = every core busy)."""
+    softirq_pct: float
+    """Share of the machine in softirq (network receive processing), in % of the machine."""
+    steal_pct: float
+    """Share of the machine taken by the hypervisor for other guests, in % of the machine."""
+
+
+class CpuWindow:
+    """`with CpuWindow(pid) as w: ...` then ``w.use``: CPU spent during the block."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.use: CpuUse | None = None
+
+    def __enter__(self) -> CpuWindow:
+        self._t0 = time.monotonic()
+        self._p0 = process_cpu_s(self.pid) if self.pid else None
+        self._m0 = machine_jiffies()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        p1 = process_cpu_s(self.pid) if self.pid else None
+        d = [b - a for a, b in zip(self._m0, machine_jiffies(), strict=True)]
+        total = max(sum(d), 1)
+        busy = total - d[_IDLE] - d[_IOWAIT]
+        proxy = None if self._p0 is None or p1 is None else (p1 - self._p0) / wall * 100
+        self.use = CpuUse(
+            wall, proxy, busy / total * 100, d[_SOFTIRQ] / total * 100, d[_STEAL] / total * 100
+        )
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports in LISTEN state in the network namespace of ``pid`` (IPv4 and IPv6)."""
+    ports: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                lines = f.readlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == TCP_LISTEN:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@contextlib.contextmanager
+def pinned(pid: int | None, cpus: set[int]) -> Iterator[None]:
+    """Pin every thread of ``pid`` to ``cpus`` for the block, then restore each thread's mask.
+
+    Threads that end meanwhile are skipped; a thread started during the block inherits the
+    pinned mask from its creator and keeps it (the proxy starts none while relaying).
+    """
+    saved: dict[int, set[int]] = {}
+    try:
+        for tid in _threads(pid):
+            with contextlib.suppress(ProcessLookupError):
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+        yield
+    finally:
+        for tid, mask in saved.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(tid, mask)
+
+
+def _threads(pid: int | None) -> list[int]:
+    if pid is None:
+        return []
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except FileNotFoundError:
+        return []
