@@ -1,0 +1,1 @@
+"""Generated protobuf modules of xDS resource schemas (each .proto says how to regenerate)."""
