@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from inmesh import __version__
-from inmesh.cli import agent_cmd, cni_cmd, lab_cmd, ztunnel_cmd
+from inmesh.cli import agent_cmd, cni_cmd, controlplane_cmd, lab_cmd, ztunnel_cmd
 
 app = typer.Typer(
     name="inmesh",
@@ -34,6 +34,7 @@ def _root(
 agent_cmd.register(app)
 ztunnel_cmd.register(app)
 cni_cmd.register(app)
+controlplane_cmd.register(app)
 lab_cmd.register(app)
 
 
