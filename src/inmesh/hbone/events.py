@@ -1,0 +1,85 @@
+"""What an HBONE connection reports to its shell: small frozen facts, in the order they happened.
+
+Emitted by `inmesh.hbone.protocol`; stream ids are HTTP/2 stream ids. After `ConnectionEnded`
+the shell flushes what is left to send and closes the transport; every stream is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from inmesh.hbone.headers import ConnectHead
+
+
+@dataclass(frozen=True)
+class ConnectReceived:
+    """Server: a valid CONNECT for this pod; answer it with `accept` or `refuse`."""
+
+    stream_id: int
+    head: ConnectHead
+
+
+@dataclass(frozen=True)
+class ConnectRefused:
+    """Server: a CONNECT was refused (and answered with ``status``) without asking the shell."""
+
+    stream_id: int
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ConnectAnswered:
+    """Client: the server answered a CONNECT; 200 opens the tunnel, anything else closed it."""
+
+    stream_id: int
+    status: int
+
+
+@dataclass(frozen=True)
+class DataArrived:
+    """Tunnel bytes from the peer. Their flow-control credit is returned only once the shell
+    calls ``acknowledge(stream_id, len(data))`` after delivering them."""
+
+    stream_id: int
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"DataArrived(stream_id={self.stream_id}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True)
+class PeerEnded:
+    """The peer half-closed the stream (END_STREAM): no more data will arrive on it."""
+
+    stream_id: int
+
+
+@dataclass(frozen=True)
+class StreamReset:
+    """The stream ended abnormally (RST_STREAM); its undelivered data is void."""
+
+    stream_id: int
+    error_code: int
+    by_peer: bool
+    """True: the peer sent RST_STREAM. False: we reset it for a protocol violation."""
+
+
+@dataclass(frozen=True)
+class WindowGrew:
+    """Send credit grew on ``stream_id``, or on every stream if None; blocked writers retry."""
+
+    stream_id: int | None
+
+
+@dataclass(frozen=True)
+class ConnectionEnded:
+    """The connection is over: GOAWAY from the peer, a protocol error, no PONG, or idle."""
+
+    reason: str
+    error_code: int
+    by_peer: bool
+
+
+Event = (ConnectReceived | ConnectRefused | ConnectAnswered | DataArrived | PeerEnded
+         | StreamReset | WindowGrew | ConnectionEnded)

@@ -1,0 +1,108 @@
+"""Pump one plain TCP socket to and from one HBONE stream: the tunnel's hot path.
+
+Contract: `relay_socket_stream(sock, stream)` owns both, moves bytes both ways until both
+directions ended, closes the socket and returns the byte counts. TCP EOF becomes END_STREAM
+and END_STREAM becomes ``shutdown(SHUT_WR)``; a TCP reset (or any socket error) becomes
+RST_STREAM(CONNECT_ERROR) and a stream reset (or a dead connection) becomes a TCP reset
+(``SO_LINGER`` 0), as RFC 9113 8.5 asks of CONNECT proxies. Cancellation resets both; a
+task cancelled before it first ran never took ownership, so its caller still owns both.
+
+Backpressure: a chunk is acknowledged to the peer only after ``sock_sendall`` put it in the
+socket's send buffer, so a slow application closes the peer's window; the other way round,
+`HboneStream.write` waits for credit, so the socket is not read while the peer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import NamedTuple
+
+from h2.errors import ErrorCodes
+
+from inmesh.hbone._sockets import reset_close
+from inmesh.hbone.errors import StreamResetError
+from inmesh.hbone.settings import HboneSettings
+from inmesh.hbone.stream import HboneStream
+
+DEFAULT_CHUNK = HboneSettings().relay_chunk
+
+
+class RelayCounts(NamedTuple):
+    """Bytes delivered each way; how the stream ended is in ``stream.error`` (None: cleanly)."""
+
+    to_stream: int
+    """Read from the socket and written to the stream ("up" for a client's app socket)."""
+    from_stream: int
+    """Read from the stream and written to the socket."""
+
+
+class _SocketBroke(Exception):
+    """The plain socket failed (reset, timeout); the stream must be reset in turn."""
+
+
+class _Pump:
+    def __init__(self, sock: socket.socket, stream: HboneStream, chunk: int) -> None:
+        self.sock, self.stream, self.chunk = sock, stream, chunk
+        self.up = self.down = 0
+        self.loop = asyncio.get_running_loop()
+
+    async def sock_to_stream(self) -> None:
+        while True:
+            try:
+                data = await self.loop.sock_recv(self.sock, self.chunk)
+            except OSError as exc:
+                raise _SocketBroke(f"reading the socket: {exc.strerror or exc}") from exc
+            if not data:
+                self.stream.close_write()
+                return
+            await self.stream.write(data)
+            self.up += len(data)
+
+    async def stream_to_sock(self) -> None:
+        while data := await self.stream.read():
+            try:
+                await self.loop.sock_sendall(self.sock, data)
+            except OSError as exc:
+                raise _SocketBroke(f"writing the socket: {exc.strerror or exc}") from exc
+            self.stream.acknowledge(len(data))
+            self.down += len(data)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise _SocketBroke(f"half-closing the socket: {exc.strerror or exc}") from exc
+
+
+async def relay_socket_stream(sock: socket.socket, stream: HboneStream,
+                              chunk: int = DEFAULT_CHUNK) -> RelayCounts:
+    """Relay until both directions end; close ``sock``; see the module docstring."""
+    sock.setblocking(False)
+    pump = _Pump(sock, stream, chunk)
+    tasks = [asyncio.create_task(pump.sock_to_stream()), asyncio.create_task(pump.stream_to_sock())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        await _stop(tasks)
+        stream.reset(ErrorCodes.CANCEL, "relay cancelled")
+        reset_close(sock)
+        raise
+    await _stop(tasks)
+    failure = next((t.exception() for t in tasks if not t.cancelled() and t.exception()), None)
+    if failure is None:
+        sock.close()
+    elif isinstance(failure, StreamResetError):
+        reset_close(sock)
+    elif isinstance(failure, _SocketBroke):
+        stream.reset(ErrorCodes.CONNECT_ERROR, str(failure))
+        reset_close(sock)
+    else:
+        stream.reset(ErrorCodes.INTERNAL_ERROR, f"relay failed: {failure!r}")
+        reset_close(sock)
+        raise failure
+    return RelayCounts(pump.up, pump.down)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

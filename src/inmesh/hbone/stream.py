@@ -1,0 +1,152 @@
+"""`HboneStream`: one tunnel (a CONNECT stream) as an async byte pipe for a relay.
+
+The stream holds what arrived until it is read, and the peer's credit for it until the reader
+says the bytes were delivered (`acknowledge`). It talks to its connection through `Carrier`
+(the connection shell), which also drives it: data, END_STREAM, window growth, reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Protocol
+
+from h2.errors import ErrorCodes
+
+from inmesh.hbone.errors import StreamResetError
+from inmesh.hbone.headers import ConnectHead
+from inmesh.hbone.protocol import error_name
+from inmesh.identity import SpiffeId
+
+
+class Carrier(Protocol):
+    """What a stream needs from its connection."""
+
+    identity: SpiffeId | None
+    paused: bool
+    """The transport's buffer is full: writers wait for `HboneStream.wake_writer`."""
+    max_write: int
+
+    def send(self, stream_id: int, data: memoryview) -> int: ...
+    def end_stream(self, stream_id: int) -> None: ...
+    def acknowledge(self, stream_id: int, size: int) -> None: ...
+    def reset(self, stream_id: int, error_code: int) -> None: ...
+
+
+class HboneStream:
+    """One tunnel: a CONNECT stream as a byte pipe with half-close, reset and backpressure.
+
+    `read` returns b"" at the peer's END_STREAM and raises `StreamResetError` once the stream is
+    reset (by either side) or its connection dies. Received bytes hold the peer's flow-control
+    credit until `acknowledge` says they were delivered. `write` returns once all bytes were
+    handed to the connection, waiting for credit meanwhile. One reader and one writer at a time.
+    """
+
+    def __init__(self, shell: Carrier, stream_id: int, head: ConnectHead | None = None) -> None:
+        self.stream_id = stream_id
+        self.head = head
+        """Server side: the validated CONNECT head (target and headers)."""
+        self._shell = shell
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self._write_closed = False
+        self.error: StreamResetError | None = None
+        """Why the stream broke, once it did."""
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        # Client side: the CONNECT's status, or the exception that prevented one.
+        self._answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def peer_identity(self) -> SpiffeId:
+        """The verified SPIFFE ID at the other end of the connection."""
+        assert self._shell.identity is not None  # streams exist only after verification
+        return self._shell.identity
+
+    async def read(self) -> bytes:
+        """The next received chunk; b"" at END_STREAM. Call `acknowledge` once delivered."""
+        while not self._chunks:
+            if self.error is not None:
+                raise self.error
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        if self.error is not None:
+            raise self.error
+        return self._chunks.popleft()
+
+    def acknowledge(self, size: int) -> None:
+        """``size`` bytes from `read` reached their destination: return the peer's credit."""
+        if self.error is None:
+            self._shell.acknowledge(self.stream_id, size)
+
+    async def write(self, data: bytes | memoryview) -> None:
+        """Send ``data``, waiting for flow-control credit and transport room as needed."""
+        view = memoryview(data)
+        while view:
+            self._check_writable()
+            if self._shell.paused:
+                await self._wait_writable()
+                continue
+            taken = self._shell.send(self.stream_id, view[: self._shell.max_write])
+            view = view[taken:]
+            if view and not taken:
+                await self._wait_writable()
+
+    def close_write(self) -> None:
+        """Half-close (END_STREAM). Ignored once the stream broke or was already closed."""
+        if self.error is None and not self._write_closed:
+            self._write_closed = True
+            self._shell.end_stream(self.stream_id)
+
+    def reset(self, error_code: int = ErrorCodes.CONNECT_ERROR, reason: str = "") -> None:
+        """Abort the tunnel (RST_STREAM; CONNECT_ERROR mirrors a TCP reset, RFC 9113 8.5).
+        ``reason`` is kept in `error` for logs."""
+        if self.error is None:
+            self._shell.reset(self.stream_id, error_code)
+            self.fail(StreamResetError(
+                f"stream {self.stream_id} reset locally ({error_name(error_code)})"
+                + (f": {reason}" if reason else ""), error_code, by_peer=False))
+
+    # -- driven by the shell ---------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._write_closed:
+            raise StreamResetError(f"stream {self.stream_id}: write after close_write",
+                                   ErrorCodes.STREAM_CLOSED, by_peer=False)
+
+    async def _wait_writable(self) -> None:
+        self._writable.clear()
+        await self._writable.wait()
+
+    async def wait_answer(self) -> int:
+        """Client: the status the server answered the CONNECT with."""
+        return await self._answer
+
+    def answered(self, status: int) -> None:
+        if not self._answer.done():
+            self._answer.set_result(status)
+
+    def received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._readable.set()
+
+    def ended_by_peer(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def wake_writer(self) -> None:
+        self._writable.set()
+
+    def fail(self, error: StreamResetError) -> None:
+        if self.error is None:
+            self.error = error
+            self._chunks.clear()  # a reset voids undelivered data, as TCP RST does
+        if not self._answer.done():
+            self._answer.set_exception(error)
+            self._answer.exception()  # retrieved: nobody may be waiting for it
+        self._readable.set()
+        self._writable.set()

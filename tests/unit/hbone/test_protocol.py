@@ -1,0 +1,395 @@
+"""The sans-io HBONE connections, client against server in memory (no sockets, fake time):
+settings, CONNECT heads, flow control that waits for delivery, half-close, resets, PING, idle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hyperframe.frame import Frame, SettingsFrame, WindowUpdateFrame
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inmesh.hbone import events as ev
+from inmesh.hbone.headers import Target
+from inmesh.hbone.protocol import ClientConnection, HboneConnection, ServerConnection
+from inmesh.hbone.settings import HboneSettings, MiB
+
+POD = "10.0.0.1"
+APP = Target(POD, 8080)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Pair:
+    """A client and a server connection wired back to back; `pump` moves bytes until quiet."""
+
+    def __init__(self, settings: HboneSettings | None = None, now: float = 0.0) -> None:
+        self.settings = settings or HboneSettings()
+        self.client = ClientConnection(self.settings, now)
+        self.server = ServerConnection(self.settings, now, [POD])
+        self.at_client: list[ev.Event] = []
+        self.at_server: list[ev.Event] = []
+        self.pump()
+
+    def pump(self) -> None:
+        while True:
+            up, down = self.client.data_to_send(), self.server.data_to_send()
+            if not up and not down:
+                return
+            if up:
+                self.at_server += self.server.receive(up)
+            if down:
+                self.at_client += self.client.receive(down)
+
+    def take(self, side: list[ev.Event], kind: type | None = None) -> list[ev.Event]:
+        got = [e for e in side if kind is None or isinstance(e, kind)]
+        side[:] = [e for e in side if e not in got]
+        return got
+
+    def tunnel(self, target: Target = APP) -> int:
+        sid = self.client.open_stream(target)
+        self.pump()
+        assert self.take(self.at_server, ev.ConnectReceived)[0].stream_id == sid
+        self.server.accept(sid)
+        self.pump()
+        assert self.take(self.at_client, ev.ConnectAnswered) == [ev.ConnectAnswered(sid, 200)]
+        return sid
+
+
+def frames(data: bytes) -> list[Frame]:
+    """Parse HTTP/2 frames (after the client preface, if any)."""
+    data = data.removeprefix(PREFACE)
+    out = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        out.append(frame)
+        data = data[9 + length:]
+    return out
+
+
+def received_bytes(events: Sequence[ev.Event], sid: int) -> int:
+    return sum(len(e.data) for e in events if isinstance(e, ev.DataArrived) and e.stream_id == sid)
+
+
+def test_client_announces_istio_windows_frame_size_and_stream_cap() -> None:
+    client = ClientConnection(HboneSettings(), 0.0)
+    sent = frames(client.data_to_send())
+    settings_frame = next(f for f in sent if isinstance(f, SettingsFrame))
+    assert settings_frame.settings | {SettingCodes.HEADER_TABLE_SIZE: 4096} == {
+        SettingCodes.HEADER_TABLE_SIZE: 4096,
+        SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+        SettingCodes.INITIAL_WINDOW_SIZE: 4 * MiB,
+        SettingCodes.MAX_FRAME_SIZE: MiB,
+        SettingCodes.MAX_CONCURRENT_STREAMS: 100,
+        SettingCodes.MAX_HEADER_LIST_SIZE: 16 << 10,
+        SettingCodes.ENABLE_PUSH: 0,
+    }
+    update = next(f for f in sent if isinstance(f, WindowUpdateFrame))
+    assert (update.stream_id, update.window_increment + 65535) == (0, 16 * MiB)
+
+
+def test_server_announces_200_streams_and_64k_headers() -> None:
+    server = ServerConnection(HboneSettings(), 0.0, [POD])
+    settings_frame = next(f for f in frames(server.data_to_send()) if isinstance(f, SettingsFrame))
+    assert settings_frame.settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 200
+    assert settings_frame.settings[SettingCodes.MAX_HEADER_LIST_SIZE] == 64 << 10
+    assert settings_frame.settings[SettingCodes.INITIAL_WINDOW_SIZE] == 4 * MiB
+
+
+def test_connect_head_on_the_wire_ipv6_in_brackets() -> None:
+    """Decoded by a plain h2 server, not by ours: exactly the pseudo-headers ztunnel sends."""
+    client = ClientConnection(HboneSettings(), 0.0)
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    raw.initiate_connection()
+    client.open_stream(Target("fd00::7", 8080), [("forwarded", 'for="[fd00::9]:1234"'),
+                                                  ("baggage", "k8s.namespace.name=shop")])
+    events = raw.receive_data(client.data_to_send())
+    request = next(e for e in events if isinstance(e, h2.events.RequestReceived))
+    assert request.headers == [
+        (b":method", b"CONNECT"), (b":authority", b"[fd00::7]:8080"),
+        (b"forwarded", b'for="[fd00::9]:1234"'), (b"baggage", b"k8s.namespace.name=shop")]
+    assert request.stream_ended is None  # the tunnel stays open for data
+
+
+def test_accepted_tunnel_carries_bytes_both_ways() -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    assert pair.client.send(sid, b"up") == 2
+    pair.pump()
+    assert pair.take(pair.at_server, ev.DataArrived) == [ev.DataArrived(sid, b"up")]
+    assert pair.server.send(sid, b"down") == 4
+    pair.pump()
+    assert pair.take(pair.at_client, ev.DataArrived) == [ev.DataArrived(sid, b"down")]
+
+
+def test_refused_tunnel_reports_the_status_and_frees_the_stream() -> None:
+    pair = Pair()
+    sid = pair.client.open_stream(APP)
+    pair.pump()
+    pair.server.refuse(sid, 503)
+    pair.pump()
+    assert pair.take(pair.at_client, ev.ConnectAnswered) == [ev.ConnectAnswered(sid, 503)]
+    assert (pair.client.stream_count, pair.server.stream_count) == (0, 0)
+
+
+@pytest.mark.parametrize(("target", "reason"), [
+    (Target("10.0.0.2", 80), "is not this pod"),
+    (Target(POD, 15008), "proxy port"),
+    (Target(POD, 0), "out of range"),
+])
+def test_server_answers_400_on_its_own_for_bad_targets(target: Target, reason: str) -> None:
+    pair = Pair()
+    sid = pair.client.open_stream(target)
+    pair.pump()
+    refused = pair.take(pair.at_server, ev.ConnectRefused)
+    assert [(e.stream_id, e.status) for e in refused] == [(sid, 400)]
+    assert reason in refused[0].reason  # type: ignore[attr-defined]
+    assert pair.take(pair.at_client, ev.ConnectAnswered) == [ev.ConnectAnswered(sid, 400)]
+    assert pair.take(pair.at_server, ev.ConnectReceived) == []
+    assert pair.tunnel() > sid  # the connection serves the next stream
+
+
+def test_credit_returns_only_when_the_consumer_acknowledges() -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    window = pair.settings.stream_window
+    assert pair.client.send(sid, bytes(window + 100)) == window  # the rest must wait
+    pair.pump()
+    assert received_bytes(pair.at_server, sid) == window
+    assert pair.client.send_window(sid) == 0
+    pair.pump()
+    assert pair.client.send_window(sid) == 0  # delivery to the server is not enough
+    pair.server.acknowledge(sid, window)
+    pair.pump()
+    assert pair.client.send_window(sid) == window
+
+
+def test_three_stalled_streams_do_not_block_a_fourth() -> None:
+    """The connection window is 4x the stream window (ztunnel #1538): streams whose readers
+    stall cannot starve the others."""
+    pair = Pair()
+    stalled = [pair.tunnel() for _ in range(3)]
+    for sid in stalled:
+        assert pair.client.send(sid, bytes(pair.settings.stream_window)) == pair.settings.stream_window
+    pair.pump()
+    fourth = pair.tunnel()
+    assert pair.client.send_window(fourth) == pair.settings.stream_window
+
+
+def test_reset_streams_give_back_their_connection_credit() -> None:
+    pair = Pair()
+    sids = [pair.tunnel() for _ in range(4)]
+    for sid in sids:
+        pair.client.send(sid, bytes(pair.settings.stream_window))
+    pair.pump()
+    spare = pair.tunnel()
+    assert pair.client.send_window(spare) == 0  # 16 MiB unacknowledged: connection full
+    for sid in sids:
+        pair.server.reset(sid)  # undelivered data is dropped, its credit returned
+    pair.pump()
+    assert pair.client.send_window(spare) == pair.settings.stream_window
+    assert {e.stream_id for e in pair.take(pair.at_client, ev.StreamReset)} == set(sids)  # type: ignore[attr-defined]
+
+
+def test_half_close_each_way_then_the_stream_is_forgotten() -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    pair.client.end_stream(sid)
+    pair.pump()
+    assert pair.take(pair.at_server, ev.PeerEnded) == [ev.PeerEnded(sid)]
+    assert pair.server.send(sid, b"still talking") == 13  # the other way is open
+    pair.server.end_stream(sid)
+    pair.pump()
+    assert pair.take(pair.at_client, ev.DataArrived) == [ev.DataArrived(sid, b"still talking")]
+    assert pair.take(pair.at_client, ev.PeerEnded) == [ev.PeerEnded(sid)]
+    assert pair.server.stream_count == 0
+    assert pair.client.stream_count == 1  # 13 bytes not yet delivered by the client's shell
+    pair.client.acknowledge(sid, 13)
+    assert pair.client.stream_count == 0
+
+
+@pytest.mark.parametrize("resetter", ["client", "server"])
+def test_reset_reaches_the_peer_with_its_code(resetter: str) -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    side: HboneConnection = getattr(pair, resetter)
+    side.reset(sid, ErrorCodes.CONNECT_ERROR)
+    pair.pump()
+    other = pair.at_server if resetter == "client" else pair.at_client
+    assert pair.take(other, ev.StreamReset) == [ev.StreamReset(sid, ErrorCodes.CONNECT_ERROR, True)]
+    assert (pair.client.stream_count, pair.server.stream_count) == (0, 0)
+
+
+def test_trailers_on_a_tunnel_reset_only_that_stream() -> None:
+    pair = Pair()
+    bad, good = pair.tunnel(), pair.tunnel()
+    pair.client._h2.send_headers(bad, [("x-trailer", "1")], end_stream=True)
+    pair.pump()
+    assert pair.take(pair.at_server, ev.StreamReset) == [
+        ev.StreamReset(bad, ErrorCodes.PROTOCOL_ERROR, False)]
+    assert pair.client.send(good, b"ok") == 2
+    pair.pump()
+    assert pair.take(pair.at_server, ev.DataArrived) == [ev.DataArrived(good, b"ok")]
+
+
+def test_padding_is_credited_without_waiting_for_delivery() -> None:
+    """A peer that pads every frame must not drain the window: padding is never delivered."""
+    small = HboneSettings(stream_window=65535, connection_window=65535 * 4)
+    server = ServerConnection(small, 0.0, [POD])
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", str(APP))])
+    server.receive(raw.data_to_send())
+    server.accept(1)
+    raw.receive_data(server.data_to_send())
+    for _ in range(200):  # 200 x (1000 + 256) bytes: far more than one window
+        assert raw.local_flow_control_window(1) >= 1256
+        raw.send_data(1, bytes(1000), pad_length=255)
+        got = server.receive(raw.data_to_send())
+        assert received_bytes(got, 1) == 1000
+        server.acknowledge(1, 1000)
+        raw.receive_data(server.data_to_send())
+
+
+def test_pings_every_interval_and_drops_a_silent_peer() -> None:
+    pair = Pair()
+    assert pair.client.next_deadline() == 10.0  # first PING 10 s after the start
+    assert pair.client.handle_timer(10.0) == []
+    pair.pump()  # the server acknowledges the PING
+    assert pair.client.next_deadline() == 20.0
+    assert pair.client.handle_timer(20.0) == []
+    pair.client.data_to_send()  # this PING is lost on the way: no ACK will come
+    assert pair.client.next_deadline() == 40.0
+    assert pair.client.handle_timer(39.9) == []
+    [ended] = pair.client.handle_timer(40.0)
+    assert isinstance(ended, ev.ConnectionEnded)
+    assert "no PING ACK within 20 s" in ended.reason
+    assert pair.client.next_deadline() is None
+
+
+def test_server_pings_too() -> None:
+    pair = Pair()
+    assert pair.server.next_deadline() == 10.0
+    pair.server.handle_timer(10.0)
+    pair.pump()
+    assert pair.server.next_deadline() == 20.0  # ACKed: the next PING is due, no timeout
+
+
+def test_idle_client_connection_closes_itself_with_goaway() -> None:
+    pair = Pair(HboneSettings(idle_timeout=30.0))
+    sid = pair.tunnel()
+    pair.client.reset(sid)
+    pair.pump()
+    now, ended = 0.0, []
+    while not ended:
+        deadline = pair.client.next_deadline()
+        assert deadline is not None
+        now = deadline
+        ended = pair.client.handle_timer(now)
+        pair.pump()
+    assert 30.0 <= now <= 40.0  # idle_timeout, sampled at the PING cadence
+    assert "idle" in ended[0].reason  # type: ignore[attr-defined]
+    assert [type(e) for e in pair.take(pair.at_server, ev.ConnectionEnded)] == [ev.ConnectionEnded]
+
+
+def test_connection_with_streams_is_never_idle() -> None:
+    pair = Pair(HboneSettings(idle_timeout=30.0))
+    pair.tunnel()
+    for now in (10.0, 20.0, 30.0, 40.0, 50.0, 60.0):
+        assert pair.client.handle_timer(now) == []
+        pair.pump()
+    assert not pair.client.ended
+
+
+def test_client_respects_its_stream_cap() -> None:
+    pair = Pair(HboneSettings(client_max_streams=2))
+    pair.tunnel()
+    pair.tunnel()
+    assert pair.client.capacity == 0
+    with pytest.raises(Exception, match="no stream capacity"):
+        pair.client.open_stream(APP)
+
+
+def test_garbage_instead_of_a_preface_ends_the_connection_without_an_exception() -> None:
+    server = ServerConnection(HboneSettings(), 0.0, [POD])
+    [ended] = server.receive(b"GET / HTTP/1.1\r\n\r\n" * 4)
+    assert isinstance(ended, ev.ConnectionEnded)
+    assert not ended.by_peer
+    assert server.receive(b"more") == []
+
+
+def test_framing_error_ends_the_connection_with_goaway() -> None:
+    pair = Pair()
+    pair.tunnel()
+    data_on_stream_zero = b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"
+    [ended] = pair.server.receive(data_on_stream_zero)
+    assert isinstance(ended, ev.ConnectionEnded)
+    assert ended.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert [f.type for f in frames(pair.server.data_to_send())] == [0x7]  # GOAWAY
+    assert pair.server.stream_count == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=30))
+def test_any_chunking_of_the_byte_stream_gives_the_same_events(cuts: list[int]) -> None:
+    client = ClientConnection(HboneSettings(), 0.0)
+    sids = [client.open_stream(Target(POD, 80 + i)) for i in range(3)]
+    for i, sid in enumerate(sids):
+        client.send(sid, bytes([i]) * 3000)
+    client.end_stream(sids[1])
+    wire = client.data_to_send()
+
+    def feed(chunks: list[bytes]) -> list[tuple[str, int, int]]:
+        server = ServerConnection(HboneSettings(), 0.0, [POD])
+        seen: list[tuple[str, int, int]] = []
+        for chunk in chunks:
+            for e in server.receive(chunk):
+                size = len(e.data) if isinstance(e, ev.DataArrived) else 0
+                seen.append((type(e).__name__, getattr(e, "stream_id", 0) or 0, size))
+        return _merge_data(seen)
+
+    pieces, offset = [], 0
+    for cut in cuts:
+        pieces.append(wire[offset:offset + cut])
+        offset += cut
+    pieces.append(wire[offset:])
+    assert feed([p for p in pieces if p]) == feed([wire])
+
+
+def _merge_data(seen: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Sum consecutive DataArrived of one stream: chunking may split a frame's delivery."""
+    out: list[tuple[str, int, int]] = []
+    for item in seen:
+        if out and item[0] == "DataArrived" and out[-1][:2] == item[:2]:
+            out[-1] = (item[0], item[1], out[-1][2] + item[2])
+        else:
+            out.append(item)
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(junk=st.binary(max_size=600), keep=st.integers(min_value=0, max_value=200))
+def test_mutated_input_never_raises_only_ends_the_connection(junk: bytes, keep: int) -> None:
+    """A valid opening (preface, SETTINGS, a CONNECT) cut anywhere and followed by junk: the
+    server core only ever reports events; no exception escapes."""
+    client = ClientConnection(HboneSettings(), 0.0)
+    client.send(client.open_stream(APP), b"data")
+    valid = client.data_to_send()
+    server = ServerConnection(HboneSettings(), 0.0, [POD])
+    events = server.receive(valid[:keep] + junk)
+    assert all(isinstance(e, ev.Event.__args__) for e in events)  # type: ignore[attr-defined]
+    server.handle_timer(100.0)
+    server.data_to_send()
+
+
+def test_data_frame_repr_stays_cheap() -> None:
+    """h2 builds repr(frame) for every received frame; ours must not copy the payload."""
+    from hyperframe.frame import DataFrame
+
+    assert repr(DataFrame(1, b"x" * (1 << 20))).endswith(": <1048576 bytes>")
