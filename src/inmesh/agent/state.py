@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from inmesh.errors import ConfigError
+from inmesh.fsutil import atomic_write
 
 STATE_VERSION = 1
 
@@ -54,15 +54,5 @@ class StateFile:
 
     def save(self, records: Mapping[str, EnrolledRecord]) -> None:
         doc = {"version": STATE_VERSION, "pods": {u: asdict(r) for u, r in records.items()}}
-        directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".agent-state-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        atomic_write(self.path, json.dumps(doc, indent=1, sort_keys=True).encode())

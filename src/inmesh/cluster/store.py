@@ -10,13 +10,16 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from inmesh.cluster.model import ClusterView, NamespaceMeta, PodMeta
 from inmesh.errors import ConfigError
+from inmesh.fsutil import atomic_write
+
+STORE_FILE_MODE = 0o644
+"""The store holds no secrets; readers (agents, the CNI plugin) need not be its owner."""
 
 
 def _view_from_doc(doc: Mapping[str, Any]) -> ClusterView:
@@ -78,10 +81,8 @@ class FileClusterStore:
             doc.setdefault("namespaces", {})
             mutate(doc)
             doc["revision"] = int(doc.get("revision", 0)) + 1
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".store-")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
+            data = json.dumps(doc, indent=1, sort_keys=True).encode()
+            atomic_write(self.path, data, mode=STORE_FILE_MODE)
         return _view_from_doc(doc)
 
     def put_pod(self, pod: PodMeta) -> None:
