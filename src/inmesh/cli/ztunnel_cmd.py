@@ -26,16 +26,35 @@ def ztunnel(
     connect_timeout: float = typer.Option(10.0, help="Upstream connect timeout in seconds."),
     listen_backlog: int = typer.Option(128, help="Accept queue length of in-pod listeners."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    controlplane: str | None = typer.Option(
+        None, "--controlplane",
+        help="Control plane (CA + xDS): host:port or unix:/path. Without it every connection "
+             "stays plaintext passthrough."),
+    node_credentials: str | None = typer.Option(
+        None, "--node-credentials",
+        help="Node credential dir (from `inmesh controlplane node-credential`)."),
+    trust_domain: str = typer.Option(
+        "cluster.local", "--trust-domain",
+        help="Trust domain of pods whose workload names none in xDS."),
 ) -> None:
     """Run ztunnel in the node's netns: a proxy inside every pod the agent hands over by ZDS."""
-    from inmesh.ztunnel.app import run
-    from inmesh.ztunnel.settings import ProxySettings
+    from inmesh.ztunnel import app as ztunnel_app
+    from inmesh.ztunnel.settings import MeshSettings, ProxySettings
 
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
     logging.basicConfig(level=log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("hpack", "h2"):  # per-frame debug lines would drown ztunnel's own
+        logging.getLogger(chatty).setLevel(max(logging.INFO, logging.getLogger().level))
+    if (controlplane is None) != (node_credentials is None):
+        raise typer.BadParameter("--controlplane and --node-credentials go together",
+                                 param_hint="--controlplane")
     try:
+        mesh = None
+        if controlplane is not None and node_credentials is not None:
+            mesh = MeshSettings(controlplane=controlplane, node_credentials=node_credentials,
+                                trust_domain=trust_domain)
         settings = ZtunnelSettings(
             node_name=node,
             zds_socket=zds_socket,
@@ -44,7 +63,13 @@ def ztunnel(
             readiness_addr=ZtunnelSettings.addr(readiness_addr),
             drain_deadline=drain_deadline,
             proxy=ProxySettings(connect_timeout=connect_timeout, listen_backlog=listen_backlog),
+            mesh=mesh,
         )
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    raise typer.Exit(run(settings))
+    try:
+        status = ztunnel_app.run(settings)
+    except ConfigError as exc:  # e.g. an unreadable node credential dir
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(status)

@@ -20,6 +20,18 @@ def reset_close(sock: socket.socket) -> None:
     sock.close()
 
 
+def release(sock: socket.socket) -> None:
+    """Let go of ``sock`` after a failed ``create_connection(sock=)`` or
+    ``connect_accepted_socket``. uvloop attaches the socket to its transport (``_io_refs``
+    raised) and closes the fd itself when the TLS handshake fails, without detaching the socket
+    object; ``close()`` would then leave the stale fd number to the object's finalizer, which
+    could close an unrelated socket that reused it. Detach in that case, close otherwise."""
+    if getattr(sock, "_io_refs", 0) > 0:
+        sock.detach()
+    else:
+        sock.close()
+
+
 def is_connected(sock: socket.socket) -> bool:
     try:
         sock.getpeername()

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from inmesh.hbone._shell import H2Shell
-from inmesh.hbone._sockets import ensure_connected
+from inmesh.hbone._sockets import ensure_connected, release
 from inmesh.hbone.errors import HboneConnectionError
 from inmesh.hbone.headers import Header, Target
 from inmesh.hbone.protocol import ClientConnection
@@ -136,10 +136,10 @@ class HbonePool:
                                          server_hostname="",
                                          ssl_handshake_timeout=self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            sock.close()
+            release(sock)
             raise HboneConnectionError(f"HBONE {key}: {exc or 'timed out'}") from exc
         except BaseException:
-            sock.close()
+            release(sock)
             raise
         if shell.failure is not None:  # identity or ALPN refused; the transport is aborted
             failure = shell.failure

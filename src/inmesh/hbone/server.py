@@ -20,7 +20,7 @@ from h2.errors import ErrorCodes
 
 from inmesh.errors import InmeshError
 from inmesh.hbone._shell import H2Shell
-from inmesh.hbone._sockets import ensure_connected
+from inmesh.hbone._sockets import ensure_connected, release
 from inmesh.hbone.errors import UpstreamRefused
 from inmesh.hbone.headers import Header, Target, canonical_ip
 from inmesh.hbone.protocol import ServerConnection
@@ -101,7 +101,7 @@ async def serve_hbone(sock: socket.socket, ssl_ctx: ssl.SSLContext, local_ips: C
                                                ssl_handshake_timeout=settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             log.info("HBONE %s: TLS handshake failed: %s", label, exc)
-            sock.close()
+            release(sock)
             return
         try:
             await shell.closed

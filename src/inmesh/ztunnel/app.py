@@ -1,5 +1,10 @@
 """The ztunnel process: ZDS client + workload manager + admin servers, and the shutdown sequence.
 
+With a control plane (`MeshSettings`): xDS is streamed and its first state applied BEFORE the
+ZDS connection is made, so no pod is served before the proxy knows the mesh (otherwise a
+connection to a mesh pod would leave in plaintext); the certificates of the served pods'
+identities are fetched as pods come and go; readiness also waits for xDS.
+
 SIGTERM/SIGINT: stop reading ZDS, close the admin listeners (a successor ztunnel may need their
 ports), close every in-pod listener at once (a successor bound with SO_REUSEPORT takes new
 connections), let live connections finish until the drain deadline, then reset the rest and
@@ -19,6 +24,7 @@ from inmesh.zds.client import ZdsClient
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.admin import AdminServers
 from inmesh.ztunnel.manager import WorkloadManager
+from inmesh.ztunnel.meshlink import MeshLink
 from inmesh.ztunnel.metrics import ZtunnelMetrics
 from inmesh.ztunnel.proxy import PodProxy
 from inmesh.ztunnel.settings import ZtunnelSettings
@@ -30,53 +36,102 @@ class _View:
     """What the admin endpoints show: readiness, the config dump, the metrics."""
 
     def __init__(self, settings: ZtunnelSettings, manager: WorkloadManager,
-                 metrics: ZtunnelMetrics) -> None:
+                 metrics: ZtunnelMetrics, link: MeshLink | None) -> None:
         self._settings, self._manager, self._metrics = settings, manager, metrics
+        self._link = link
 
     def readiness_blockers(self) -> list[str]:
-        return self._manager.readiness_blockers()
+        mesh = self._link.readiness_blockers() if self._link is not None else []
+        return mesh + self._manager.readiness_blockers()
 
     def config_dump(self) -> dict[str, Any]:
-        return {"node": self._settings.node_name, "workloadState": self._manager.dump()}
+        state = self._manager.dump()
+        dump: dict[str, Any] = {"node": self._settings.node_name, "workloadState": state}
+        if self._link is not None:
+            infos = self._manager.infos()
+            for uid, entry in state.items():
+                entry.update(self._link.mesh.pod_dump(uid, infos[uid]))
+            dump["mesh"] = self._link.dump()
+        return dump
 
     def metrics(self) -> tuple[bytes, str]:
         return self._metrics.render(), self._metrics.content_type
 
 
 async def serve(settings: ZtunnelSettings, stop: asyncio.Event | None = None) -> int:
-    """Run ztunnel until SIGTERM/SIGINT (or ``stop`` is set); return the exit status."""
+    """Run ztunnel until SIGTERM/SIGINT (or ``stop`` is set); return the exit status.
+    `ConfigError` before anything starts if the node credential dir is unusable."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     metrics = ZtunnelMetrics()
+    link = MeshLink(settings.mesh, settings.node_name) if settings.mesh is not None else None
+    mesh = link.mesh if link is not None else None
 
     def new_proxy(uid: str, info: WorkloadInfo, netns_fd: int) -> PodProxy:
-        return PodProxy(uid, info, netns_fd, settings.proxy, metrics)
+        return PodProxy(uid, info, netns_fd, settings.proxy, metrics, mesh)
 
-    manager = WorkloadManager(new_proxy, retry_interval=settings.retry_interval, metrics=metrics)
-    admin = AdminServers(settings, _View(settings, manager, metrics))
-    admin.start()
-    zds = loop.create_task(ZdsClient(settings.zds_socket, manager).run(), name="zds-client")
+    def served_changed() -> None:
+        if mesh is not None:
+            mesh.want(manager.infos().values())
+
+    manager = WorkloadManager(new_proxy, retry_interval=settings.retry_interval, metrics=metrics,
+                              on_change=served_changed)
+    admin = AdminServers(settings, _View(settings, manager, metrics, link))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     stopped = loop.create_task(stop.wait(), name="stop-signal")
-    log.info("ztunnel for node %s started (ZDS %s)", settings.node_name, settings.zds_socket)
+    zds: asyncio.Task[None] | None = None
     try:
-        await asyncio.wait({zds, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        admin.start()
+        if link is None or await _synced(link, stopped):
+            if link is not None:
+                link.table.add_listener(served_changed)  # a pod's trust domain may change
+            zds = loop.create_task(ZdsClient(settings.zds_socket, manager).run(),
+                                   name="zds-client")
+            log.info("ztunnel for node %s started (ZDS %s)", settings.node_name,
+                     settings.zds_socket)
+            await asyncio.wait({zds, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    status = 0
-    if zds.done():
-        log.error("ZDS client ended unexpectedly (%r); draining at once", _outcome(zds))
-        status = 1
-    zds.cancel()
-    stopped.cancel()
-    await asyncio.gather(zds, stopped, return_exceptions=True)
-    await admin.close()
-    deadline = None if status else loop.time() + settings.drain_deadline
-    log.info("ztunnel draining (deadline %.1f s)", settings.drain_deadline if status == 0 else 0)
-    await manager.shutdown(deadline)
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+    status = await _shutdown(settings, zds, admin, manager)
+    if link is not None:
+        await link.close()
     log.info("ztunnel stopped")
+    return status
+
+
+async def _synced(link: MeshLink, stopped: asyncio.Task[bool]) -> bool:
+    """Start xDS and wait for its first state (True), or for the stop signal (False)."""
+    link.start()
+    log.info("waiting for the first xDS state from %s before serving pods", link.target)
+    synced = asyncio.get_running_loop().create_task(link.wait_synced(), name="xds-synced")
+    await asyncio.wait({synced, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if synced.done():
+        log.info("xDS synced: %d workloads known", len(link.table))
+        return True
+    synced.cancel()
+    await asyncio.gather(synced, return_exceptions=True)
+    log.info("stopped before the first xDS state arrived")
+    return False
+
+
+async def _shutdown(settings: ZtunnelSettings, zds: asyncio.Task[None] | None,
+                    admin: AdminServers, manager: WorkloadManager) -> int:
+    """Stop ZDS, free the admin ports, drain every proxy; the exit status."""
+    status = 0
+    if zds is not None:
+        if zds.done():
+            log.error("ZDS client ended unexpectedly (%r); draining at once", _outcome(zds))
+            status = 1
+        zds.cancel()
+        await asyncio.gather(zds, return_exceptions=True)
+    await admin.close()
+    drain = settings.drain_deadline if status == 0 else 0.0
+    log.info("ztunnel draining (deadline %.1f s)", drain)
+    await manager.shutdown(asyncio.get_running_loop().time() + drain if status == 0 else None)
     return status
 
 

@@ -31,16 +31,21 @@ from inmesh.caapi import (
 from inmesh.errors import ConfigError, InmeshError
 from inmesh.identity import SpiffeId
 from inmesh.pki import CertBundle, NodeCredential, generate_key, make_csr, private_key_pem
+from inmesh.ztunnel.errors import CaFetchError, CertUnavailable
 
 log = logging.getLogger(__name__)
 
-
-class CaFetchError(InmeshError):
-    """The CA could not be reached, refused the request, or answered with an unusable chain."""
-
-
-class CertUnavailable(InmeshError):
-    """No valid certificate for an identity (yet); the message carries the last fetch error."""
+__all__ = [
+    "CaClient",
+    "CaFetchError",
+    "CertManager",
+    "CertSettings",
+    "CertState",
+    "CertUnavailable",
+    "Clock",
+    "GrpcCaClient",
+    "SystemClock",
+]
 
 
 class CaClient(Protocol):

@@ -78,8 +78,11 @@ class WorkloadManager:
     """Implements the ZDS `WorkloadHandler` protocol on top of a proxy factory."""
 
     def __init__(self, factory: ProxyFactory, *, retry_interval: float = 5.0,
-                 metrics: ZtunnelMetrics | None = None) -> None:
+                 metrics: ZtunnelMetrics | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        """``on_change`` is called (synchronously) whenever the set of workloads changed."""
         self._factory = factory
+        self._on_change = on_change
         self._retry_interval = retry_interval
         self._metrics = metrics
         self._workloads: dict[str, _Workload] = {}
@@ -99,6 +102,12 @@ class WorkloadManager:
             with contextlib.suppress(OSError):
                 os.close(netns_fd)
             raise KernelError(f"pod {uid}: bad netns fd: {exc.strerror}", errno_=exc.errno) from exc
+        try:
+            await self._add(uid, info, netns_fd, netns)
+        finally:
+            self._changed()
+
+    async def _add(self, uid: str, info: WorkloadInfo, netns_fd: int, netns: NetnsId) -> None:
         async with self._lock:
             if self._closing:
                 os.close(netns_fd)
@@ -121,6 +130,7 @@ class WorkloadManager:
         async with self._lock:
             if (workload := self._workloads.get(uid)) is not None:
                 await self._remove(workload, deadline=None)
+        self._changed()
 
     async def snapshot_done(self, keep: frozenset[str]) -> None:
         """Drain every workload the agent's snapshot did not name; then we may become ready."""
@@ -129,6 +139,7 @@ class WorkloadManager:
                 if uid not in keep:
                     await self._remove(workload, deadline=None)
             self._snapshot_received = True
+        self._changed()
 
     def connection_changed(self, connected: bool) -> None:
         self._connected = connected
@@ -149,6 +160,7 @@ class WorkloadManager:
             workloads = list(self._workloads.values())
             await asyncio.gather(*(self._remove(w, deadline) for w in workloads))
         await asyncio.gather(*retries, return_exceptions=True)
+        self._changed()
 
     # -- observation ----------------------------------------------------------------------
 
@@ -166,6 +178,10 @@ class WorkloadManager:
     def retries_running(self) -> int:
         """Background start retries still alive (sleeping or attempting)."""
         return len(self._retries)
+
+    def infos(self) -> dict[str, WorkloadInfo]:
+        """The pods this manager has (pending, up or draining) by UID, as ZDS described them."""
+        return {uid: w.info for uid, w in self._workloads.items()}
 
     def state_of(self, uid: str) -> WorkloadState:
         workload = self._workloads.get(uid)
@@ -258,6 +274,10 @@ class WorkloadManager:
             states = [w.state for w in self._workloads.values()]
             self._metrics.active_proxies.set(states.count(WorkloadState.UP))
             self._metrics.pending_proxies.set(states.count(WorkloadState.PENDING))
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def _count(self, name: str) -> None:
         if self._metrics is not None:

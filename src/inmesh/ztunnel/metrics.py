@@ -1,20 +1,26 @@
 """Prometheus metrics of the ztunnel process, under Istio's names, in their own registry.
 
-Traffic counters carry Istio's standard labels. Without xDS (this phase) the proxy only knows
-the pod it serves (from ZDS WorkloadInfo) and the peer's address, so the other side's workload
-labels are ``unknown`` and ``destination_service`` carries the original destination IP. Byte
-counters follow Istio's meaning: ``received`` = client → server (request) bytes, ``sent`` =
-server → client (response) bytes. They are counted when a connection closes.
+Traffic counters carry Istio's standard labels. Workload labels name pods (ZDS WorkloadInfo for
+the pod served, xDS for the peer); a side the proxy cannot name is ``unknown``, and
+``destination_service`` carries the original destination IP. Principals are SPIFFE URIs and are
+only set for HBONE, whose ``connection_security_policy`` is ``mutual_tls`` (plaintext:
+``unknown``). Byte counters follow Istio's meaning: ``received`` = client → server (request)
+bytes, ``sent`` = server → client (response) bytes. They are counted when a connection closes.
 """
 
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+if TYPE_CHECKING:
+    from inmesh.ztunnel.workloads import WorkloadEntry
+
 UNKNOWN = "unknown"
+MUTUAL_TLS = "mutual_tls"
 
 _TRAFFIC_LABELS = (
     "reporter",
@@ -47,7 +53,40 @@ class TrafficLabels:
     request_protocol: str = "tcp"
     response_flags: str = "-"
     connection_security_policy: str = UNKNOWN
-    """``unknown`` for plaintext; ``mutual_tls`` once HBONE exists."""
+    """``unknown`` for plaintext; ``mutual_tls`` for HBONE."""
+
+
+@dataclass(frozen=True)
+class PeerLabels:
+    """One side of a connection, as far as the proxy knows it."""
+
+    workload: str = UNKNOWN
+    namespace: str = UNKNOWN
+    principal: str = UNKNOWN
+    """SPIFFE URI; only known (verified or presented) on HBONE."""
+
+    @classmethod
+    def of_entry(cls, entry: WorkloadEntry | None, principal: str = UNKNOWN) -> PeerLabels:
+        """The labels of an xDS workload (pod name and namespace), or all unknown."""
+        if entry is None:
+            return cls(principal=principal)
+        return cls(entry.name or UNKNOWN, entry.namespace or UNKNOWN, principal)
+
+
+def connection_labels(reporter: str, source: PeerLabels, destination: PeerLabels,
+                      service: str, *, mutual_tls: bool) -> TrafficLabels:
+    """The labels of one connection; ``reporter`` is ``source`` (outbound) or ``destination``."""
+    return TrafficLabels(
+        reporter=reporter,
+        source_workload=source.workload,
+        source_workload_namespace=source.namespace,
+        source_principal=source.principal,
+        destination_workload=destination.workload,
+        destination_workload_namespace=destination.namespace,
+        destination_principal=destination.principal,
+        destination_service=service,
+        connection_security_policy=MUTUAL_TLS if mutual_tls else UNKNOWN,
+    )
 
 
 class ZtunnelMetrics:

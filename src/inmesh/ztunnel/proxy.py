@@ -1,10 +1,11 @@
 """The proxy of one pod: three listeners inside the pod's netns and the connections they accept.
 
-Outbound (15001): the app's redirected connection is relayed to its original destination from
-a marked socket in the pod netns (source = the pod IP). Inbound plaintext (15006): relayed to
-the original destination from the client's own IP (transparent), so the app sees its real peer.
-Inbound HBONE (15008) is bound to reserve the port; until HBONE exists each connection is
-accepted and reset at once, so a peer fails fast instead of hanging in the accept queue.
+Outbound (15001): with a `Mesh`, a connection to a workload that takes HBONE is tunnelled
+(`inmesh.ztunnel.tunnels`); anything else is relayed to its original destination from a marked
+socket in the pod netns (source = the pod IP). Inbound plaintext (15006): relayed to the
+original destination from the client's own IP (transparent), so the app sees its real peer.
+Inbound HBONE (15008): served with the pod's certificate when there is a `Mesh`; without one
+the port is only reserved and each connection is reset at once, so a peer fails fast.
 
 A failed connection closes only itself. `drain` closes the listeners at once and the live
 connections at a deadline.
@@ -23,10 +24,13 @@ from inmesh.constants import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUN
 from inmesh.errors import KernelError
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.addressing import Endpoint, endpoint_of, inbound_refusal, outbound_refusal
-from inmesh.ztunnel.metrics import TrafficLabels, ZtunnelMetrics
+from inmesh.ztunnel.mesh import Mesh
+from inmesh.ztunnel.metrics import PeerLabels, TrafficLabels, ZtunnelMetrics, connection_labels
 from inmesh.ztunnel.relay import Relay, reset_close
+from inmesh.ztunnel.routing import HboneRoute
 from inmesh.ztunnel.settings import ProxySettings
 from inmesh.ztunnel.sockets import PodSockets, original_dst, tune_stream
+from inmesh.ztunnel.tunnels import PodTunnels
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +41,20 @@ Handler = Callable[[socket.socket, Any], Coroutine[Any, Any, None]]
 
 
 class PodProxy:
-    """Listeners and live connections of one pod. ``netns_fd`` is borrowed during `start`."""
+    """Listeners and live connections of one pod. ``netns_fd`` is borrowed during `start`.
+    ``mesh`` None: plaintext only (outbound passthrough, 15008 reset)."""
 
     def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, settings: ProxySettings,
-                 metrics: ZtunnelMetrics) -> None:
+                 metrics: ZtunnelMetrics, mesh: Mesh | None = None) -> None:
         self.uid = uid
         self.info = info
         self.label = f"{info.namespace}/{info.name}"
         self._netns_fd = netns_fd
         self._settings = settings
         self._metrics = metrics
+        self._mesh = mesh
         self._sockets: PodSockets | None = None
+        self._tunnels: PodTunnels | None = None
         self._listeners: dict[socket.socket, Handler] = {}
         self._conns: set[asyncio.Task[None]] = set()
         self._drained = False
@@ -64,6 +71,10 @@ class PodProxy:
         except BaseException:
             self._sockets.close()
             raise
+        if self._mesh is not None:
+            self._tunnels = PodTunnels(self.label, self.info, self._mesh, self._sockets,
+                                       self._settings, self._metrics)
+            self._mesh.register_debug(self.uid, self._tunnels.dump)
         loop = asyncio.get_running_loop()
         handlers = (self._outbound, self._inbound, self._hbone)
         for sock, handler in zip(socks, handlers, strict=True):
@@ -86,6 +97,10 @@ class PodProxy:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._tunnels is not None:
+            await self._tunnels.close()
+            assert self._mesh is not None
+            self._mesh.register_debug(self.uid, None)
         if self._sockets is not None:
             self._sockets.close()
         log.info("pod %s (uid %s): proxy drained", self.label, self.uid)
@@ -152,13 +167,18 @@ class PodProxy:
 
     async def _outbound(self, client: socket.socket, peer: Any) -> None:
         dst = original_dst(client)
-        labels = TrafficLabels(
-            reporter="source",
-            source_workload=self.info.name,
-            source_workload_namespace=self.info.namespace,
-            destination_service=dst.ip,
-        )
-        await self._serve(client, dst, None, outbound_refusal(dst), labels)
+        refusal = outbound_refusal(dst)
+        destination = PeerLabels()
+        if self._mesh is not None and refusal is None:
+            route = self._mesh.route(dst)
+            if isinstance(route, HboneRoute):
+                assert self._tunnels is not None  # made in start, with the listeners
+                await self._tunnels.outbound(client, route)
+                return
+            destination = PeerLabels.of_entry(route.destination)
+        labels = connection_labels("source", PeerLabels(self.info.name, self.info.namespace),
+                                   destination, dst.ip, mutual_tls=False)
+        await self._serve(client, dst, None, refusal, labels)
 
     async def _inbound(self, client: socket.socket, peer: Any) -> None:
         dst = original_dst(client)
@@ -171,8 +191,11 @@ class PodProxy:
         await self._serve(client, dst, endpoint_of(peer).ip, inbound_refusal(dst), labels)
 
     async def _hbone(self, client: socket.socket, peer: Any) -> None:
-        log.debug("pod %s: HBONE from %s refused: not implemented yet", self.label, peer)
-        reset_close(client)
+        if self._tunnels is None:
+            log.debug("pod %s: HBONE from %s refused: no mesh configured", self.label, peer)
+            reset_close(client)
+            return
+        await self._tunnels.inbound(client)
 
     async def _serve(self, client: socket.socket, dst: Endpoint, src_ip: str | None,
                      refusal: str | None, labels: TrafficLabels) -> None:

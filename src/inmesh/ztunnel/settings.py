@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from inmesh.constants import PROXY_MARK
 from inmesh.errors import ConfigError
+from inmesh.hbone.settings import HboneSettings
+from inmesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from inmesh.ztunnel.addressing import HostPort, parse_hostport
 
 DEFAULT_ADMIN_ADDR = HostPort("127.0.0.1", 15000)
@@ -57,6 +59,31 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class MeshSettings:
+    """How ztunnel joins the mesh: its control plane (CA + xDS), node credential, trust domain.
+
+    Without them (``ZtunnelSettings.mesh`` is None) every connection is plaintext passthrough."""
+
+    controlplane: str
+    """gRPC target of the control plane: ``host:port`` or ``unix:/path`` (mutual TLS)."""
+    node_credentials: str
+    """Directory of this node's credential (node-key.pem, node-cert.pem, node-ca.pem,
+    root-cert.pem), as written by ``inmesh controlplane node-credential``."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    """Trust domain of a pod whose xDS workload names none (Istio: TRUST_DOMAIN,
+    default cluster.local)."""
+    hbone: HboneSettings = field(default_factory=HboneSettings)
+    """Windows, stream caps, keepalive and timeouts of HBONE connections."""
+
+    def __post_init__(self) -> None:
+        if not self.controlplane:
+            raise ConfigError("controlplane target must not be empty")
+        if not self.node_credentials:
+            raise ConfigError("node_credentials directory must not be empty")
+        SpiffeId(self.trust_domain, "ns", "sa")  # ConfigError names a bad trust domain
+
+
+@dataclass(frozen=True)
 class ZtunnelSettings:
     """Settings of one ztunnel process (one per node)."""
 
@@ -86,6 +113,8 @@ class ZtunnelSettings:
     """Largest admin request head accepted (bytes); admin requests are tiny GETs."""
     proxy: ProxySettings = field(default_factory=ProxySettings)
     """Per-pod proxy settings."""
+    mesh: MeshSettings | None = None
+    """Control plane and identity settings; None keeps every connection plaintext."""
 
     def __post_init__(self) -> None:
         if not self.node_name:

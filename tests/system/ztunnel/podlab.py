@@ -86,7 +86,13 @@ def build_pod_lab(factory: NetnsFactory, tag: str = "") -> PodLab:
         dev = factory.exec(name, "ip", "-o", "link", "show", "type", "veth").stdout
         factory.exec(name, "ip", "-6", "addr", "add", f"{ip}/64", "dev",
                      dev.split(":")[1].strip().split("@")[0], "nodad")
-    subprocess.run([*netns.nsenter_argv(lab.pod_path), "nft", "-f", "-"], input=RULES,
+    install_inpod_rules(factory, pod)
+    return lab
+
+
+def install_inpod_rules(factory: NetnsFactory, pod: str) -> None:
+    """The in-pod redirect rules (see the module docstring) in netns ``pod``."""
+    subprocess.run([*netns.nsenter_argv(NetnsFactory.path(pod)), "nft", "-f", "-"], input=RULES,
                    text=True, check=True, capture_output=True)
     factory.exec(pod, "ip", "rule", "add", "fwmark", "0x111/0xfff", "lookup", "100", "pref",
                  "32764")
@@ -94,7 +100,34 @@ def build_pod_lab(factory: NetnsFactory, tag: str = "") -> PodLab:
     factory.exec(pod, "ip", "-6", "rule", "add", "fwmark", "0x111/0xfff", "lookup", "100",
                  "pref", "32764")
     factory.exec(pod, "ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
-    return lab
+
+
+async def http_get(node: SocketMaker, port: int, path: str) -> tuple[int, bytes]:
+    loop = asyncio.get_running_loop()
+    sock = await node.connect("127.0.0.1", port)
+    with sock:
+        await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        raw = await read_all(sock)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def until_http(node: SocketMaker, port: int, path: str, status: int,
+                     within: float = 15.0) -> bytes:
+    """Poll an admin endpoint until it answers ``status``; return the body."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last: object = None
+    while loop.time() < deadline:
+        try:
+            code, body = await http_get(node, port, path)
+            if code == status:
+                return body
+            last = (code, body)
+        except OSError as exc:
+            last = exc
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never answered {status}; last: {last!r}")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -204,4 +237,5 @@ async def echo_roundtrip(sock: socket.socket, payload: bytes) -> bytes:
 
 
 __all__ = ["EchoServer", "PodLab", "SocketMaker", "build_pod_lab", "echo_roundtrip",
-           "listen_in", "read_all", "run", "sh", "wait_for"]
+           "http_get", "install_inpod_rules", "listen_in", "read_all", "run", "sh", "until_http",
+           "wait_for"]

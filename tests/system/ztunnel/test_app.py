@@ -22,41 +22,13 @@ from tests.system.ztunnel.podlab import (
     build_pod_lab,
     echo_roundtrip,
     listen_in,
-    read_all,
     run,
+    until_http,
     wait_for,
 )
 
 INFO = WorkloadInfo("app-0", "shop", "app")
 INMESH = str(Path(sys.executable).with_name("inmesh"))
-
-
-async def http_get(node: SocketMaker, port: int, path: str) -> tuple[int, bytes]:
-    loop = asyncio.get_running_loop()
-    sock = await node.connect("127.0.0.1", port)
-    with sock:
-        await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        raw = await read_all(sock)
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-async def until_http(node: SocketMaker, port: int, path: str, status: int,
-                     within: float = 15.0) -> bytes:
-    """Poll an admin endpoint until it answers ``status``; return the body."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    last: object = None
-    while loop.time() < deadline:
-        try:
-            code, body = await http_get(node, port, path)
-            if code == status:
-                return body
-            last = (code, body)
-        except OSError as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{path} never answered {status}; last: {last!r}")
 
 
 async def start_ztunnel(node_path: str, zds_path: str, log: Path) -> asyncio.subprocess.Process:

@@ -1,19 +1,26 @@
-"""Fakes for the ztunnel unit tests: a scriptable proxy factory and netns-like fds."""
+"""Fakes for the ztunnel unit tests: a scriptable proxy factory, netns-like fds, and a
+certificate source backed by a real CA."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import tempfile
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvloop
 
+from inmesh.controlplane.ca import CertificateAuthority
 from inmesh.errors import KernelError
+from inmesh.identity import SpiffeId
+from inmesh.pki import CertBundle, generate_key, make_csr, private_key_pem
 from inmesh.zds.messages import WorkloadInfo
+from inmesh.ztunnel.errors import CertUnavailable
 
 T = TypeVar("T")
 
@@ -95,3 +102,36 @@ def is_open(fd: int) -> bool:
 def fd_source() -> Iterator[FdSource]:
     with tempfile.TemporaryDirectory(prefix="imt-zt-") as d:
         yield FdSource(d)
+
+
+class FakeCerts:
+    """A `CertSource` signing real certificates with a real CA, without a network or workers.
+    Identities in ``refuse`` get `CertUnavailable`; ``wanted`` records `set_wanted`."""
+
+    def __init__(self, state_dir: Path, trust_domain: str = "cluster.local") -> None:
+        self.ca = CertificateAuthority.load_or_create(state_dir, trust_domain)
+        self.bundles: dict[SpiffeId, CertBundle] = {}
+        self.refuse: set[SpiffeId] = set()
+        self.wanted: list[set[SpiffeId]] = []
+
+    async def get(self, identity: SpiffeId) -> CertBundle:
+        if identity in self.refuse:
+            raise CertUnavailable(f"no certificate for {identity}: refused by the test")
+        if identity not in self.bundles:
+            self.renew(identity)
+        return self.bundles[identity]
+
+    def renew(self, identity: SpiffeId) -> CertBundle:
+        key = generate_key()
+        chain = self.ca.sign(make_csr(key, identity), identity, 3600)
+        bundle = CertBundle.from_response(identity, private_key_pem(key), chain,
+                                          datetime.now(UTC))
+        self.bundles[identity] = bundle
+        return bundle
+
+    def set_wanted(self, identities: Set[SpiffeId]) -> None:
+        self.wanted.append(set(identities))
+
+    def dump(self) -> list[dict[str, Any]]:
+        return [{"identity": i.uri, "state": "available",
+                 "not_after": b.not_after.isoformat()} for i, b in sorted(self.bundles.items())]

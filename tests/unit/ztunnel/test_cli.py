@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from inmesh.cli.main import app
 from inmesh.ztunnel import app as ztunnel_app
 from inmesh.ztunnel.addressing import HostPort
-from inmesh.ztunnel.settings import ZtunnelSettings
+from inmesh.ztunnel.settings import MeshSettings, ZtunnelSettings
 
 
 def test_flags_become_settings_and_the_exit_status_is_run_s(
@@ -50,3 +52,46 @@ def test_bad_flags_exit_2_without_running(args: list[str],
 
 def test_node_and_zds_socket_are_required() -> None:
     assert CliRunner().invoke(app, ["ztunnel", "--node", "n"]).exit_code == 2
+
+
+def test_controlplane_flags_become_mesh_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ZtunnelSettings] = []
+    monkeypatch.setattr(ztunnel_app, "run", lambda s: seen.append(s) or 0)
+    result = CliRunner().invoke(app, [
+        "ztunnel", "--node", "n1", "--zds-socket", "/z", "--controlplane", "unix:/run/cp.sock",
+        "--node-credentials", "/etc/inmesh/node", "--trust-domain", "example.org"])
+    assert result.exit_code == 0, result.output
+    (s,) = seen
+    assert s.mesh == MeshSettings(controlplane="unix:/run/cp.sock",
+                                  node_credentials="/etc/inmesh/node", trust_domain="example.org")
+
+
+def test_without_controlplane_there_is_no_mesh(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ZtunnelSettings] = []
+    monkeypatch.setattr(ztunnel_app, "run", lambda s: seen.append(s) or 0)
+    assert CliRunner().invoke(app, ["ztunnel", "--node", "n", "--zds-socket", "/z"]).exit_code == 0
+    assert seen[0].mesh is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--controlplane", "cp:15012"],
+    ["--node-credentials", "/c"],
+    ["--controlplane", "cp:15012", "--node-credentials", "/c", "--trust-domain", "Bad Domain"],
+])
+def test_mesh_flags_must_be_complete_and_valid(args: list[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[object] = []
+    monkeypatch.setattr(ztunnel_app, "run", lambda s: ran.append(s) or 0)
+    result = CliRunner().invoke(app, ["ztunnel", "--node", "n", "--zds-socket", "/z", *args])
+    assert result.exit_code == 2
+    assert ran == []
+
+
+def test_an_unusable_credential_dir_exits_2_with_the_reason(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [
+        "ztunnel", "--node", "n", "--zds-socket", str(tmp_path / "z.sock"),
+        "--controlplane", f"unix:{tmp_path}/cp.sock", "--node-credentials", str(tmp_path / "no"),
+        "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+        "--readiness-addr", "127.0.0.1:0"])
+    assert result.exit_code == 2
+    assert "node credential" in result.output

@@ -226,3 +226,24 @@ def test_gauges_and_counters_follow_the_states() -> None:
             assert reg.get_sample_value("workload_manager_proxies_started_total") == 1
             assert reg.get_sample_value("workload_manager_proxies_stopped_total") == 1
     run(go())
+
+
+def test_on_change_follows_the_set_of_workloads_and_infos_lists_them() -> None:
+    """The mesh keeps its wanted certificates equal to `infos()` from this hook."""
+    async def go() -> None:
+        seen: list[dict[str, WorkloadInfo]] = []
+        f = FakeFactory()
+        m = WorkloadManager(f, retry_interval=FAST_RETRY,
+                            on_change=lambda: seen.append(m.infos()))
+        db = WorkloadInfo("db-0", "shop", "db")
+        with fd_source() as fds:
+            await m.add_workload("uid-a", INFO, fds.fd("ns-a"))
+            f.failures = 1
+            with pytest.raises(InmeshError):
+                await m.add_workload("uid-b", db, fds.fd("ns-b"))  # pending counts too
+            await m.del_workload("uid-a")
+            await m.snapshot_done(frozenset())
+            assert seen == [{"uid-a": INFO}, {"uid-a": INFO, "uid-b": db}, {"uid-b": db}, {}]
+            await m.shutdown(None)
+            assert seen[-1] == {}
+    run(go())

@@ -8,7 +8,7 @@ import pytest
 
 from inmesh.errors import ConfigError
 from inmesh.ztunnel.addressing import HostPort
-from inmesh.ztunnel.settings import ProxySettings, ZtunnelSettings
+from inmesh.ztunnel.settings import MeshSettings, ProxySettings, ZtunnelSettings
 
 
 def test_defaults_are_istios() -> None:
@@ -66,3 +66,21 @@ def test_zero_drain_deadline_is_allowed_and_addr_parses() -> None:
                         admin_addr=ZtunnelSettings.addr("[::1]:9000"))
     assert s.drain_deadline == 0.0
     assert s.admin_addr == HostPort("::1", 9000)
+
+
+def test_mesh_settings_default_to_cluster_local_and_istio_hbone_bounds() -> None:
+    m = MeshSettings(controlplane="unix:/run/cp.sock", node_credentials="/etc/cred")
+    assert m.trust_domain == "cluster.local"
+    assert m.hbone.stream_window == 4 << 20
+    assert ZtunnelSettings(node_name="n", zds_socket="/z").mesh is None
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"controlplane": ""}, "controlplane"),
+    ({"node_credentials": ""}, "node_credentials"),
+    ({"trust_domain": "Not A Domain"}, "trust domain"),
+])
+def test_mesh_settings_reject_bad_values(kwargs: dict[str, str], field: str) -> None:
+    args = {"controlplane": "cp:15012", "node_credentials": "/c"} | kwargs
+    with pytest.raises(ConfigError, match=field):
+        MeshSettings(**args)
