@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from inmesh.errors import ConfigError, InmeshError, NotFoundError
+from inmesh.identity import DEFAULT_TRUST_DOMAIN
 
 if TYPE_CHECKING:
     from inmesh.lab.lab import Lab
@@ -84,8 +85,12 @@ def up(
     node_prefix: Annotated[
         str, typer.Option("--node-prefix", help="Nodes are named PREFIX1..PREFIXN.")
     ] = "node",
+    trust_domain: Annotated[
+        str, typer.Option("--trust-domain", help="SPIFFE trust domain (fixed at the first up).")
+    ] = DEFAULT_TRUST_DOMAIN,
 ) -> None:
-    """Create the lab (or repair it): node netns, CNI config, agent and ztunnel per node."""
+    """Create the lab (or repair it): the control plane, then per node its netns, CNI config,
+    node credential, agent and ztunnel; several nodes are linked through a fabric netns."""
     actions: list[str] = []
     report = _reporter()
 
@@ -94,10 +99,16 @@ def up(
         report(msg)
 
     with _errors():
-        state = _lab(root, note).up(nodes=nodes, backend=backend, node_prefix=node_prefix)
+        state = _lab(root, note).up(
+            nodes=nodes, backend=backend, node_prefix=node_prefix, trust_domain=trust_domain
+        )
     names = ", ".join(sorted(state.nodes))
     fixed = "" if actions else " (nothing was missing)"
-    out.print(f"[green]lab up[/] at {root}: nodes {names} ready{fixed}", highlight=False)
+    out.print(
+        f"[green]lab up[/] at {root}: control plane on {state.controlplane_target},"
+        f" nodes {names} ready{fixed}",
+        highlight=False,
+    )
 
 
 @lab_app.command("down")
@@ -115,7 +126,7 @@ def status(
     root: Root = DEFAULT_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Nodes and pods, read live from the agents and ztunnels."""
+    """Control plane, nodes and pods, read live from the processes themselves."""
     with _errors():
         report = _lab(root).status()
     if as_json:
@@ -208,7 +219,8 @@ def demo(
     backend: Backend = "auto",
     node_prefix: Annotated[str, typer.Option("--node-prefix", help="Node name prefix.")] = "node",
 ) -> None:
-    """Build a one-node lab and show, from kernel and proxy evidence, what the mesh captures."""
+    """Build a two-node lab and show, from kernel, proxy and wire evidence, what the mesh
+    captures and that mesh traffic between nodes is mutual TLS (HBONE on port 15008)."""
     from inmesh.lab.demo import run_demo
 
     console = _wide()

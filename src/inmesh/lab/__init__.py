@@ -4,8 +4,10 @@ runtime would build them, and the demo that shows what the mesh captures.
 Curated surface (imported lazily, so that `python -m inmesh.lab.echo` in a pod starts fast):
 `Lab` (up/down/pods/labels/status), `LabSettings`, `PodSpec`, `LabStatus`, `run_demo`.
 Layout: `layout` (paths, names), `cniconf` (the node's primary CNI config), `labels`, `state`
-(lab.json), `nodes` and `pods` (the runtime), `observe` + `status` (live status), `evidence`,
-`witness`, `verdict` and `demo` (the demo), `procs` (daemons), `echo` (the pods' test server).
+(lab.json), `controlplane` + `credentials` (the cluster's control plane, node credentials),
+`nodes`, `fabric` and `pods` (the runtime), `observe` + `status` + `meshview` (live status),
+`evidence`, `witness`, `capture` + `pcap` (tcpdump on the link between nodes), `verdict` and
+`demo` (the demo), `procs` (daemons), `echo` (the pods' test server).
 """
 
 from __future__ import annotations

@@ -167,10 +167,15 @@ def metric_samples(text: str, name: str) -> list[Sample]:
 
 
 def workload_total(
-    samples: Iterable[Sample], reporter: str, workload: str, namespace: str
+    samples: Iterable[Sample],
+    reporter: str,
+    workload: str,
+    namespace: str,
+    security_policy: str | None = None,
 ) -> float:
     """Sum for one workload as seen by one reporter: `source` = its outbound, `destination` =
-    its inbound (Istio's label meaning)."""
+    its inbound (Istio's label meaning); only connections with ``security_policy`` (e.g.
+    ``mutual_tls``, Istio's `connection_security_policy` label) if given."""
     side = "source" if reporter == "source" else "destination"
     return sum(
         s.value
@@ -178,7 +183,9 @@ def workload_total(
         if s.labels.get("reporter") == reporter
         and s.labels.get(f"{side}_workload") == workload
         and s.labels.get(f"{side}_workload_namespace") == namespace
-    )
+        and (security_policy is None
+             or s.labels.get("connection_security_policy") == security_policy)
+    )  # fmt: skip
 
 
 def parse_ss_listeners(text: str) -> set[int]:

@@ -1,8 +1,9 @@
 """The lab: nodes and pods on this machine, as a cluster plus container runtime would make them.
 
 `Lab` is the surface the CLI and the demo drive. `up` converges (creates what is missing,
-restarts what died); `down` undoes whatever exists, from lab.json and from what it can find,
-and is safe to repeat or to run after a crash.
+restarts what died): the control plane first, then every node, then the fabric between nodes.
+`down` undoes whatever exists, from lab.json and from what it can find, and is safe to repeat
+or to run after a crash.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from typing import Any
 from inmesh.cluster.model import PodMeta
 from inmesh.cluster.store import FileClusterStore
 from inmesh.errors import ConfigError, InmeshError, NotFoundError
+from inmesh.identity import DEFAULT_TRUST_DOMAIN, SpiffeId
 from inmesh.lab import fabric, namespaces
+from inmesh.lab.controlplane import ControlPlaneManager
 from inmesh.lab.labels import LabelOp, apply_label_ops
 from inmesh.lab.layout import LabLayout, check_node_name, netns_path
 from inmesh.lab.nodes import NodeManager
-from inmesh.lab.observe import observe_node
+from inmesh.lab.observe import observe_controlplane, observe_node
 from inmesh.lab.pods import PodRuntime, PodSpec
 from inmesh.lab.settings import LabSettings, default_root
 from inmesh.lab.state import LabState, LabStateFile, NodeRecord, PodRecord
@@ -61,6 +64,7 @@ class Lab:
         self.state = LabStateFile(self.layout.state)
         self.store = FileClusterStore(str(self.layout.store))
         self.nodes = NodeManager(self.layout, self.state, self.settings, report)
+        self.controlplane = ControlPlaneManager(self.layout, self.state, self.settings, report)
         self.pods = PodRuntime(self.layout, self.state, self.store, self.settings)
 
     def exists(self) -> bool:
@@ -76,18 +80,32 @@ class Lab:
 
     # -- up ---------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 1, backend: str = "auto", node_prefix: str = "node") -> LabState:
+    def up(
+        self,
+        nodes: int = 1,
+        backend: str = "auto",
+        node_prefix: str = "node",
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+    ) -> LabState:
         if backend not in BACKENDS:
             raise ConfigError(f"bad backend {backend!r}: one of {', '.join(BACKENDS)}")
         if nodes < 1:
             raise ConfigError("a lab needs at least one node")
+        SpiffeId.for_workload("default", "default", trust_domain)  # ConfigError if malformed
         names = node_names(node_prefix, nodes)
         with self._exclusive():
-            state = self.state.update(lambda s: self._plan(s, names, backend, node_prefix))
+            before = self.state.load()
+            state = self.state.update(
+                lambda s: self._plan(s, names, backend, node_prefix, trust_domain)
+            )
             self.store.update(
                 lambda doc: doc["namespaces"].setdefault(DEFAULT_NAMESPACE, {"labels": {}})
             )
+            reissued = self.controlplane.ensure()
             for rec in sorted(state.nodes.values(), key=lambda n: n.index):
+                if rec.name in reissued or not before.controlplane_socket:
+                    # Its ztunnel (if any) runs with an old credential or none: start it anew.
+                    self.nodes.stop_process(self.state.load().nodes[rec.name], "ztunnel")
                 self.nodes.ensure(rec, state.backend)
             if len(state.nodes) > 1:
                 indexes = {n.name: n.index for n in state.nodes.values()}
@@ -95,17 +113,25 @@ class Lab:
                 self.report(f"nodes linked through {wired} ({fabric.FABRIC_CIDR})")
             return self.state.load()
 
-    def _plan(self, s: LabState, names: list[str], backend: str, prefix: str) -> LabState:
+    def _plan(
+        self, s: LabState, names: list[str], backend: str, prefix: str, trust_domain: str
+    ) -> LabState:
         if not s.nodes:
-            s = replace(s, backend=backend, node_prefix=prefix)
+            s = replace(s, backend=backend, node_prefix=prefix, trust_domain=trust_domain)
             self.report(f"new lab at {self.layout.root} (backend {backend})")
         else:
             if backend != s.backend:
                 self.report(f"lab keeps backend {s.backend} (run `down` first to change it)")
+            if trust_domain != s.trust_domain:
+                self.report(
+                    f"lab keeps trust domain {s.trust_domain} (run `down` first to change it)"
+                )
             if prefix != s.node_prefix:
                 names = node_names(s.node_prefix, len(names))
             if len(names) < len(s.nodes):
                 self.report(f"lab has {len(s.nodes)} nodes; not removing any")
+        if not s.controlplane_socket:
+            s = replace(s, controlplane_socket=str(self.layout.controlplane_socket))
         next_index = max((n.index for n in s.nodes.values()), default=0) + 1
         for name in names:
             if name not in s.nodes:
@@ -120,12 +146,22 @@ class Lab:
             return DownResult(existed=False)
         with self._exclusive():
             problems = self._teardown(self._load_tolerant())
+            self._remove_short_dir()
             shutil.rmtree(self.layout.root, ignore_errors=True)
             if self.layout.root.exists():
                 problems.append(f"could not remove {self.layout.root}")
             else:
                 self.report(f"removed {self.layout.root}")
         return DownResult(existed=True, problems=tuple(problems))
+
+    def _remove_short_dir(self) -> None:
+        """The sockets that did not fit under the root, and their parent if no lab uses it."""
+        short = self.layout.short_dir
+        if short.exists():
+            shutil.rmtree(short, ignore_errors=True)
+            self.report(f"removed {short}")
+        with contextlib.suppress(OSError):
+            short.parent.rmdir()  # only if empty: other labs may have sockets there
 
     def _load_tolerant(self) -> LabState:
         try:
@@ -147,8 +183,10 @@ class Lab:
         problems += self._delete_unrecorded_pods(state)
         for node in state.nodes.values():
             self.nodes.stop_processes(node)
+        self.controlplane.stop(state)
         for node in state.nodes.values():
             problems += self.nodes.teardown(node.name)
+        problems += self.controlplane.teardown(state)
         try:
             if fabric.teardown(state.node_prefix):
                 self.report(f"deleted {fabric.fabric_netns_name(state.node_prefix)}")
@@ -216,4 +254,5 @@ class Lab:
             return assemble(root, None, self.store.view(), {})
         state = self.state.load()
         live = {n: observe_node(self.layout, rec, self.settings) for n, rec in state.nodes.items()}
-        return assemble(root, state, self.store.view(), live)
+        cp = observe_controlplane(self.layout, state, self.settings)
+        return assemble(root, state, self.store.view(), live, cp)

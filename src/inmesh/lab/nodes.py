@@ -2,8 +2,9 @@
 
 `NodeManager.ensure` converges one node to "everything present and ready", doing only what is
 missing, so that `up` on a half-built or crashed lab repairs it. `teardown` undoes a node and
-tolerates any part of it being gone. Wiring nodes to each other (a shared segment, routes to the
-other nodes' pod CIDRs) belongs in a separate step after every node exists; there is none yet.
+tolerates any part of it being gone. Wiring nodes to each other is `fabric`'s job, after every
+node exists; the control plane (`controlplane`) is up before any node's ztunnel starts, and each
+ztunnel is given its target and the node's credential.
 """
 
 from __future__ import annotations
@@ -63,13 +64,21 @@ def agent_command(lab: LabLayout, node: NodeLayout, backend: str) -> Command:
     return Command((*nsenter_argv(node.netns_path), inmesh_executable(), *args), args[:5])
 
 
-def ztunnel_command(node: NodeLayout, settings: LabSettings) -> Command:
-    args = (
+def ztunnel_command(
+    node: NodeLayout, settings: LabSettings, controlplane: str = "", trust_domain: str = ""
+) -> Command:
+    """ztunnel for ``node``; with ``controlplane`` (a gRPC target) it gets workloads and
+    certificates from there, authenticating with the node's credential."""
+    args: tuple[str, ...] = (
         "ztunnel", "--node", node.node, "--zds-socket", str(node.zds_socket),
         "--admin-addr", ZTUNNEL_ADMIN_ADDR, "--metrics-addr", ZTUNNEL_METRICS_ADDR,
         "--readiness-addr", ZTUNNEL_READINESS_ADDR,
         "--drain-deadline", f"{settings.ztunnel_drain_deadline_s:g}",
     )  # fmt: skip
+    if controlplane:
+        args += ("--controlplane", controlplane, "--node-credentials", str(node.credentials_dir))
+        if trust_domain:
+            args += ("--trust-domain", trust_domain)
     return Command((*nsenter_argv(node.netns_path), inmesh_executable(), *args), args[:5])
 
 
@@ -131,14 +140,16 @@ class NodeManager:
 
     def _ensure_process(self, name: str, role: str, backend: str) -> None:
         node = self.lab.node(name)
-        rec = self.state.load().nodes[name]
-        old = rec.processes.get(role)
+        state = self.state.load()
+        old = state.nodes[name].processes.get(role)
         if procs.is_running(old):
             return
         cmd = (
             agent_command(self.lab, node, backend)
             if role == "agent"
-            else ztunnel_command(node, self.settings)
+            else ztunnel_command(
+                node, self.settings, state.controlplane_target, state.trust_domain
+            )
         )
         proc = procs.spawn_detached(cmd.argv, node.log_file(role), cmd.signature)
         self.state.update(lambda s: s.with_node(s.nodes[name].with_process(role, proc)))

@@ -1,7 +1,8 @@
-"""Reading a node's live state: are its processes ours and running, what do they answer.
+"""Reading the lab's live state: are its processes ours and running, what do they answer.
 
 Every answer is asked for, never remembered: the agent's /readyz and /status over its unix
-socket, ztunnel's readiness and /config_dump over TCP inside the node netns.
+socket, ztunnel's readiness and /config_dump over TCP inside the node netns, the control
+plane's mutual-TLS handshake on its unix socket.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 from inmesh.errors import InmeshError
 from inmesh.lab import namespaces, procs
+from inmesh.lab.controlplane import ROLE as CONTROLPLANE
+from inmesh.lab.controlplane import controlplane_ready, probe_credentials
 from inmesh.lab.layout import LabLayout
 from inmesh.lab.nodes import (
     ZTUNNEL_ADMIN_ADDR,
@@ -19,8 +22,8 @@ from inmesh.lab.nodes import (
 )
 from inmesh.lab.probes import get_in_netns, get_unix
 from inmesh.lab.settings import LabSettings
-from inmesh.lab.state import NodeRecord
-from inmesh.lab.status import NodeLive
+from inmesh.lab.state import LabState, NodeRecord
+from inmesh.lab.status import ControlPlaneLive, NodeLive
 
 
 def agent_status(lab: LabLayout, node: str, settings: LabSettings) -> dict[str, Any]:
@@ -81,3 +84,18 @@ def observe_node(lab: LabLayout, rec: NodeRecord, settings: LabSettings) -> Node
         config_dump=dump,
         errors=tuple(errors),
     )
+
+
+def observe_controlplane(
+    lab: LabLayout, state: LabState, settings: LabSettings
+) -> ControlPlaneLive:
+    pid = procs.running_pid(state.processes.get(CONTROLPLANE))
+    if pid is None or not state.controlplane_socket:
+        return ControlPlaneLive(pid=pid)
+    creds = probe_credentials(lab, state)
+    if not creds.exists():
+        return ControlPlaneLive(pid, errors=(f"no node credential at {creds} to probe with",))
+    if controlplane_ready(state.controlplane_socket, creds, settings.http_timeout_s):
+        return ControlPlaneLive(pid, ready=True)
+    why = f"no mutual-TLS handshake on {state.controlplane_target} within"
+    return ControlPlaneLive(pid, errors=(f"{why} {settings.http_timeout_s:g}s",))

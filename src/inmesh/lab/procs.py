@@ -75,8 +75,11 @@ def state_of(rec: ProcessRecord) -> ProcState:
     stat = _read_stat(rec.pid)
     if stat is None or stat[0] in ("Z", "X") or stat[1] != rec.start_ticks:
         return ProcState.EXITED
-    # Between fork and exec the cmdline is the spawner's, which holds the argv too.
-    if contains_run(_cmdline(rec.pid), rec.signature):
+    # Between fork and exec the cmdline is the spawner's, which holds the argv too. Inside
+    # execve (nsenter -> script -> python: three of them) the new image's argument area is not
+    # set up yet and the cmdline reads empty; pid and start time already say it is ours.
+    cmdline = _cmdline(rec.pid)
+    if not cmdline or contains_run(cmdline, rec.signature):
         return ProcState.RUNNING
     return ProcState.EXITED
 

@@ -3,6 +3,10 @@
 Written *before* each thing is created (intent first): a node or pod record exists before its
 netns does, a process record right after the fork. `LabStateFile.update` is an atomic
 read-modify-write under a lock; the records are frozen and replaced, never mutated.
+
+Version 2 adds the cluster level: processes that belong to no node (the control plane), where
+the control plane listens and the trust domain. A version 1 file loads as a lab without a
+control plane (`up` adds one); a file from a newer inmesh is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from types import MappingProxyType
 from typing import Any
 
 from inmesh.errors import ConfigError
+from inmesh.identity import DEFAULT_TRUST_DOMAIN
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,22 @@ class LabState:
     node_prefix: str = "node"
     nodes: Mapping[str, NodeRecord] = field(default_factory=lambda: MappingProxyType({}))
     pods: Mapping[str, PodRecord] = field(default_factory=lambda: MappingProxyType({}))
+    processes: Mapping[str, ProcessRecord] = field(default_factory=_no_procs)
+    """Cluster-level processes by role ("controlplane")."""
+    controlplane_socket: str = ""
+    """The control plane's unix socket path; empty in a lab made before it had one."""
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+    @property
+    def controlplane_target(self) -> str:
+        """The gRPC target proxies dial (``unix:/path``), or "" if there is no control plane."""
+        return f"unix:{self.controlplane_socket}" if self.controlplane_socket else ""
+
+    def with_process(self, role: str, proc: ProcessRecord | None) -> LabState:
+        procs = {k: v for k, v in self.processes.items() if k != role}
+        if proc is not None:
+            procs[role] = proc
+        return replace(self, processes=MappingProxyType(procs))
 
     def with_node(self, node: NodeRecord) -> LabState:
         return replace(self, nodes=MappingProxyType({**self.nodes, node.name: node}))
@@ -136,10 +157,21 @@ class LabState:
             "nodePrefix": self.node_prefix,
             "nodes": {name: n.to_json() for name, n in self.nodes.items()},
             "pods": {uid: p.to_json() for uid, p in self.pods.items()},
+            "processes": _procs_to_json(self.processes),
+            "controlplaneSocket": self.controlplane_socket,
+            "trustDomain": self.trust_domain,
         }
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> LabState:
+        version = obj.get("version", 1)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError(f"malformed lab state: version {version!r} is not an integer")
+        if version > STATE_VERSION:
+            raise ConfigError(
+                f"lab state version {version!r} was written by a newer inmesh (this one reads"
+                f" up to {STATE_VERSION}): use that inmesh to run `lab down`"
+            )
         try:
             nodes = {
                 name: NodeRecord(name, int(n["index"]), _procs_from_json(n.get("processes", {})))
@@ -162,6 +194,9 @@ class LabState:
                 str(obj.get("nodePrefix", "node")),
                 MappingProxyType(nodes),
                 MappingProxyType(pods),
+                _procs_from_json(obj.get("processes", {})),
+                str(obj.get("controlplaneSocket", "")),
+                str(obj.get("trustDomain", DEFAULT_TRUST_DOMAIN)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed lab state: {exc!r}") from exc

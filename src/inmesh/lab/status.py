@@ -1,7 +1,9 @@
-"""`inmesh lab status`, assembled: the lab's records + the store + what agents and ztunnels say.
+"""`inmesh lab status`, assembled: the lab's records + the store + what the control plane,
+agents and ztunnels say.
 
-Pure: takes the observations (`NodeLive`, gathered by `observe`) and returns a `LabStatus`
-whose every live field comes from a process's own answer; "unknown" when it did not answer.
+Pure: takes the observations (`NodeLive`, `ControlPlaneLive`, gathered by `observe`) and returns
+a `LabStatus` whose every live field comes from a process's own answer; "unknown" when it did
+not answer.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from typing import Any
 
 from inmesh.cluster.enrollment import decide
 from inmesh.cluster.model import ClusterView, PodMeta
+from inmesh.errors import ConfigError
+from inmesh.identity import SpiffeId
 from inmesh.lab.cniconf import NodeNetwork
-from inmesh.lab.layout import netns_path, node_netns_name
+from inmesh.lab.layout import controlplane_netns_name, netns_path, node_netns_name
+from inmesh.lab.meshview import CertificateStatus, certificate_of, tunnel_of, xds_link_of
 from inmesh.lab.state import LabState, PodRecord
 
 UNKNOWN = "unknown"
@@ -32,6 +37,16 @@ class NodeLive:
     ztunnel_pid: int | None = None
     ztunnel_ready: bool = False
     config_dump: Mapping[str, Any] | None = None
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlPlaneLive:
+    """What was observed of the control plane: is the recorded process ours and running, and
+    does it complete a mutual-TLS handshake with a node credential."""
+
+    pid: int | None = None
+    ready: bool = False
     errors: tuple[str, ...] = ()
 
 
@@ -63,6 +78,8 @@ class NodeStatus:
     backend: str | None
     ztunnel_connections: int | None
     errors: tuple[str, ...] = ()
+    xds: str = UNKNOWN
+    """ztunnel's discovery stream to the control plane: synced, connected, disconnected, '-'."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +91,26 @@ class NodeStatus:
             "ztunnel": self.ztunnel.to_json(),
             "backend": self.backend,
             "ztunnelConnections": self.ztunnel_connections,
+            "xds": self.xds,
+            "errors": list(self.errors),
+        }
+
+
+@dataclass(frozen=True)
+class ControlPlaneStatus:
+    process: ProcessStatus
+    listen: str
+    """The gRPC target proxies dial (``unix:/path``)."""
+    netns: str
+    trust_domain: str
+    errors: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.process.to_json(),
+            "listen": self.listen,
+            "netns": self.netns,
+            "trustDomain": self.trust_domain,
             "errors": list(self.errors),
         }
 
@@ -95,6 +132,10 @@ class PodStatus:
     enrollment_error: str | None
     proxy: str
     """ztunnel's word: its workload state (e.g. Up, Pending), '-' if it has none, or unknown."""
+    certificate: CertificateStatus = field(default_factory=CertificateStatus.none)
+    """ztunnel's word on the certificate of the pod's identity (mesh pods only)."""
+    tunnel: str = UNKNOWN
+    """How the pod's node's ztunnel knows it from discovery: HBONE, NONE, '-' or unknown."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +152,8 @@ class PodStatus:
             "enrollment": self.enrollment,
             "enrollmentError": self.enrollment_error,
             "proxy": self.proxy,
+            "certificate": self.certificate.to_json() if self.certificate.identity else None,
+            "tunnel": self.tunnel,
         }
 
 
@@ -119,6 +162,7 @@ class LabStatus:
     root: str
     exists: bool
     backend: str | None = None
+    controlplane: ControlPlaneStatus | None = None
     nodes: tuple[NodeStatus, ...] = ()
     pods: tuple[PodStatus, ...] = ()
     namespaces: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -128,6 +172,7 @@ class LabStatus:
             "root": self.root,
             "exists": self.exists,
             "backend": self.backend,
+            "controlplane": self.controlplane.to_json() if self.controlplane else None,
             "nodes": [n.to_json() for n in self.nodes],
             "pods": [p.to_json() for p in self.pods],
             "namespaces": {k: dict(v) for k, v in self.namespaces.items()},
@@ -148,6 +193,7 @@ def _node_status(name: str, index: int, live: NodeLive) -> NodeStatus:
         backend=str(backend) if backend is not None else None,
         ztunnel_connections=int(conns) if isinstance(conns, int) else None,
         errors=live.errors,
+        xds=xds_link_of(live.config_dump),
     )
 
 
@@ -182,11 +228,20 @@ def _pod_meta(uid: str, view: ClusterView, rec: PodRecord | None) -> PodMeta:
     return PodMeta(uid, rec.name, rec.namespace, rec.node, phase="NotInStore")
 
 
+def identity_of(pod: PodMeta, trust_domain: str) -> str:
+    """The SPIFFE ID a mesh pod runs as, "" if its names can not form one."""
+    try:
+        return SpiffeId.for_workload(pod.namespace, pod.service_account, trust_domain).uri
+    except ConfigError:
+        return ""
+
+
 def _pod_status(
-    pod: PodMeta, rec: PodRecord | None, view: ClusterView, live: NodeLive
+    pod: PodMeta, rec: PodRecord | None, view: ClusterView, live: NodeLive, trust_domain: str
 ) -> PodStatus:
     decision = decide(pod, view.namespace(pod.namespace))
     enrollment, error = enrollment_of(pod.uid, live.agent_status)
+    identity = identity_of(pod, trust_domain) if decision.enroll else ""
     return PodStatus(
         uid=pod.uid,
         name=pod.name,
@@ -201,11 +256,29 @@ def _pod_status(
         enrollment=enrollment,
         enrollment_error=error,
         proxy=proxy_state_of(pod.uid, live.config_dump),
+        certificate=certificate_of(identity, pod.uid, live.config_dump),
+        tunnel=tunnel_of(pod.namespace, pod.name, live.config_dump),
+    )
+
+
+def _controlplane_status(state: LabState, live: ControlPlaneLive) -> ControlPlaneStatus | None:
+    if not state.controlplane_target:
+        return None  # a lab made before the control plane existed, not yet brought up again
+    return ControlPlaneStatus(
+        process=ProcessStatus("controlplane", live.pid, live.ready),
+        listen=state.controlplane_target,
+        netns=controlplane_netns_name(state.node_prefix),
+        trust_domain=state.trust_domain,
+        errors=live.errors,
     )
 
 
 def assemble(
-    root: str, state: LabState | None, view: ClusterView, live: Mapping[str, NodeLive]
+    root: str,
+    state: LabState | None,
+    view: ClusterView,
+    live: Mapping[str, NodeLive],
+    controlplane: ControlPlaneLive | None = None,
 ) -> LabStatus:
     """The status of the lab at ``root``; ``state`` is None if there is no lab there."""
     if state is None:
@@ -219,12 +292,14 @@ def assemble(
     for uid in uids:
         rec = state.pods.get(uid)
         pod = _pod_meta(uid, view, rec)
-        pods.append(_pod_status(pod, rec, view, live.get(pod.node, NodeLive())))
+        node_live = live.get(pod.node, NodeLive())
+        pods.append(_pod_status(pod, rec, view, node_live, state.trust_domain))
     pods.sort(key=lambda p: (p.node, p.namespace, p.name))
     return LabStatus(
         root=root,
         exists=True,
         backend=state.backend,
+        controlplane=_controlplane_status(state, controlplane or ControlPlaneLive()),
         nodes=nodes,
         pods=tuple(pods),
         namespaces={name: dict(ns.labels) for name, ns in sorted(view.namespaces.items())},

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inmesh.constants import INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
+from inmesh.constants import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 from inmesh.lab.evidence import CtFlow
+from inmesh.lab.pcap import WireEvidence
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,11 @@ class Expect:
     outbound_captured: bool
     """The client's traffic should be redirected to its proxy (port 15001)."""
     inbound_captured: bool
-    """The server should receive it through its proxy (redirect to 15006)."""
+    """The server should receive it through its proxy (plaintext: redirect to 15006)."""
+    hbone: bool = False
+    """Mesh to mesh: the client's proxy tunnels to the server pod's port 15008 (mutual TLS),
+    which the server's proxy accepts directly: ztunnel counts a `mutual_tls` inbound
+    connection and the 15006 redirect is not used."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class Row:
     zt_in: float | None
     """ztunnel's connections opened for the server as destination."""
     expect: Expect
+    zt_in_mtls: float | None = None
+    """Of those, the ones ztunnel labels ``connection_security_policy="mutual_tls"`` (HBONE)."""
+    wire: WireEvidence | None = None
+    """A capture of the link between nodes during the connection (cross-node rows only)."""
 
     @property
     def redirected_port(self) -> int | None:
@@ -66,7 +75,23 @@ def judge(row: Row) -> list[str]:
         problems.append(f"connection should be refused (fail closed), got {row.outcome}")
     problems += _judge_outbound(row)
     problems += _judge_inbound(row)
+    problems += _judge_wire(row)
     return problems
+
+
+def _judge_wire(row: Row) -> list[str]:
+    """Across nodes, HBONE means TLS to 15008 and no application byte in the clear; plaintext
+    means the application's bytes are there to see (which proves the capture sees them)."""
+    if row.wire is None or row.outcome != "ok":
+        return []
+    if row.expect.hbone:
+        out = []
+        if not any(t.endswith(f":{INBOUND_HBONE_PORT}") for t in row.wire.tls_to):
+            out.append(f"the capture shows no TLS to port {INBOUND_HBONE_PORT}")
+        if row.wire.marker_seen:
+            out.append("the capture shows the application's bytes in the clear")
+        return out
+    return [] if row.wire.marker_seen else ["the capture misses the plaintext bytes"]
 
 
 def _judge_outbound(row: Row) -> list[str]:
@@ -91,6 +116,21 @@ def _judge_outbound(row: Row) -> list[str]:
 
 
 def _judge_inbound(row: Row) -> list[str]:
+    if row.expect.hbone:
+        out = []
+        if _hit(row.in_pkts):
+            out.append(f"server REDIRECT→{INBOUND_PLAINTEXT_PORT} counter moved: plaintext,"
+                       " not HBONE")  # fmt: skip
+        if row.expect.ok and not _hit(row.zt_in_mtls):
+            out.append(f"ztunnel counted no mutual-TLS inbound ({INBOUND_HBONE_PORT}) connection")
+        return out
+    if _hit(row.zt_in_mtls):
+        out = ["ztunnel counted a mutual-TLS inbound connection where none was expected"]
+        return out + _judge_plain_inbound(row)
+    return _judge_plain_inbound(row)
+
+
+def _judge_plain_inbound(row: Row) -> list[str]:
     if row.expect.inbound_captured:
         out = []
         if not _hit(row.in_pkts):

@@ -60,7 +60,12 @@ class LabEnv:
 
 
 def _force_cleanup(state: LabState, prefix: str) -> None:
-    """Whatever `down` missed: recorded pids (if still ours), recorded and node namespaces."""
+    """Whatever `down` missed: recorded pids (if still ours), recorded and node namespaces,
+    the control plane's socket."""
+    for rec in state.processes.values():
+        procs.stop(rec, 2.0, 0.05)
+    if state.controlplane_socket:
+        Path(state.controlplane_socket).unlink(missing_ok=True)
     for node in state.nodes.values():
         for rec in node.processes.values():
             procs.stop(rec, 2.0, 0.05)

@@ -87,6 +87,9 @@ def test_demo_command_passes_and_cleans_up(tmp_path: Path) -> None:
     assert "every claim above matched" in text
     assert "refused" in text
     assert "127.0.0.1:15001 (REDIRECT)" in text
+    assert "+1 mTLS" in text  # mesh to mesh over HBONE
+    assert "marker absent" in text  # across nodes: the fabric never sees the mesh app's bytes
+    assert "marker in clear" in text  # ...but does see the plain pod's
     assert not root.exists()
     assert namespaces.list_names(f"inmesh-{prefix}") == []
     assert processes_mentioning(str(root)) == []  # agent, ztunnel and echo servers all gone

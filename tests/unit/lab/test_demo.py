@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from inmesh.errors import ConfigError
-from inmesh.lab.demo import PODS, run_demo
+from inmesh.lab.demo import FAR, PODS, run_demo
 
 
 def test_demo_refuses_an_existing_lab_root(tmp_path: Path) -> None:
@@ -27,3 +27,10 @@ def test_demo_cast_covers_the_four_combinations() -> None:
     assert servers == {True, False}
     mesh_server = next(p for p in PODS if p.server and p.mesh)
     assert mesh_server.labels == {}  # enrolled through its namespace's label, not its own
+
+
+def test_the_far_server_is_a_mesh_pod_on_the_second_node() -> None:
+    assert FAR.node == 2
+    assert FAR.mesh
+    assert FAR.server
+    assert all(p.node == 1 for p in PODS)

@@ -133,3 +133,17 @@ def test_workload_totals_per_reporter() -> None:
     assert workload_total(samples, "destination", "server-mesh", "shop") == 3.0
     assert workload_total(samples, "destination", "client-mesh", "default") == 0.0
     assert workload_total(samples, "source", "client-mesh", "other") == 0.0
+
+
+def test_workload_totals_by_connection_security_policy() -> None:
+    text = """\
+# TYPE istio_tcp_connections_opened counter
+istio_tcp_connections_opened_total{reporter="destination",destination_workload="server-mesh",\
+destination_workload_namespace="shop",connection_security_policy="mutual_tls"} 2.0
+istio_tcp_connections_opened_total{reporter="destination",destination_workload="server-mesh",\
+destination_workload_namespace="shop",connection_security_policy="unknown"} 1.0
+"""
+    samples = metric_samples(text, "istio_tcp_connections_opened_total")
+    assert workload_total(samples, "destination", "server-mesh", "shop") == 3.0
+    assert workload_total(samples, "destination", "server-mesh", "shop", "mutual_tls") == 2.0
+    assert workload_total(samples, "destination", "server-mesh", "shop", "unknown") == 1.0

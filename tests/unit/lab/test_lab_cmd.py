@@ -80,3 +80,10 @@ def test_up_rejects_a_bad_backend(tmp_path: Path) -> None:
     code, _, err = _invoke("up", "--backend", "ebpf", "--root", str(tmp_path))
     assert code == 2
     assert "bad backend 'ebpf'" in err
+
+
+def test_up_with_a_malformed_trust_domain_is_exit_2(tmp_path: Path) -> None:
+    code, _, err = _invoke("up", "--trust-domain", "Bad Domain", "--root", str(tmp_path / "l"))
+    assert code == 2
+    assert "invalid trust domain" in err
+    assert not (tmp_path / "l").exists()

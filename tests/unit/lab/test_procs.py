@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from inmesh.lab import procs
 from inmesh.lab.procs import ProcState, contains_run, running_pid, state_of
 from inmesh.lab.state import ProcessRecord
 
@@ -41,3 +44,12 @@ def test_a_reused_pid_or_other_command_is_not_ours() -> None:
 def test_a_vanished_pid_has_exited() -> None:
     # pid_max is at most 2**22; this pid cannot exist.
     assert state_of(ProcessRecord(2**22 + 1, 0, (), "log")) is ProcState.EXITED
+
+
+def test_a_process_inside_execve_is_still_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mid-exec the kernel shows an empty cmdline; pid and start time still identify it."""
+    ticks, _argv = _me()
+    monkeypatch.setattr(procs, "_cmdline", lambda pid: [])
+    rec = ProcessRecord(os.getpid(), ticks, ("controlplane", "serve"), "log")
+    assert state_of(rec) is ProcState.RUNNING
+    assert state_of(ProcessRecord(os.getpid(), ticks + 1, (), "log")) is ProcState.EXITED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,4 +52,44 @@ def test_corrupt_state_is_a_config_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "lab.json"
     path.write_text(text)
     with pytest.raises(ConfigError):
+        LabStateFile(path).load()
+
+
+def test_cluster_level_processes_and_the_control_plane_round_trip(tmp_path: Path) -> None:
+    f = LabStateFile(tmp_path / "lab.json")
+    f.update(
+        lambda s: LabState(controlplane_socket="/r/controlplane.sock", trust_domain="example.org")
+        .with_process("controlplane", PROC)
+    )
+    loaded = f.load()
+    assert loaded.processes == {"controlplane": PROC}
+    assert loaded.controlplane_target == "unix:/r/controlplane.sock"
+    assert loaded.trust_domain == "example.org"
+    assert loaded.with_process("controlplane", None).processes == {}
+    assert LabState().controlplane_target == ""
+
+
+def test_a_version_1_file_loads_as_a_lab_without_a_control_plane(tmp_path: Path) -> None:
+    """lab.json written before the control plane existed: `down` must still find its pids."""
+    path = tmp_path / "lab.json"
+    path.write_text(json.dumps({
+        "version": 1, "backend": "iptables", "nodePrefix": "n",
+        "nodes": {"n1": {"index": 1, "processes": {"agent": PROC.to_json()}}}, "pods": {},
+    }))  # fmt: skip
+    state = LabStateFile(path).load()
+    assert state.nodes["n1"].processes["agent"] == PROC
+    assert state.processes == {}
+    assert state.controlplane_socket == ""
+    assert state.trust_domain == "cluster.local"
+
+
+@pytest.mark.parametrize(
+    ("version", "why"), [(3, "newer inmesh"), (99, "newer inmesh"), ("2", "not an integer")]
+)
+def test_a_file_from_a_newer_inmesh_is_refused_clearly(
+    tmp_path: Path, version: object, why: str
+) -> None:
+    path = tmp_path / "lab.json"
+    path.write_text(json.dumps({"version": version, "nodes": {}}))
+    with pytest.raises(ConfigError, match=why):
         LabStateFile(path).load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 from inmesh.cluster.model import ClusterView, NamespaceMeta, PodMeta
@@ -10,6 +11,7 @@ from inmesh.lab.status import (
     NO_PROXY,
     NOT_ENROLLED,
     UNKNOWN,
+    ControlPlaneLive,
     NodeLive,
     assemble,
     enrollment_of,
@@ -105,5 +107,38 @@ def test_a_sandbox_without_a_store_entry_is_listed() -> None:
 def test_no_lab() -> None:
     status = assemble("/r", None, _view(), {})
     assert status.to_json() == {
-        "root": "/r", "exists": False, "backend": None, "nodes": [], "pods": [], "namespaces": {}
+        "root": "/r", "exists": False, "backend": None, "controlplane": None, "nodes": [],
+        "pods": [], "namespaces": {},
     }  # fmt: skip
+
+
+def test_control_plane_and_certificates_come_from_their_processes() -> None:
+    a = PodMeta("u1", "pod-u1", "default", "n1", service_account="web", labels=AMBIENT)
+    b = PodMeta("u2", "pod-u2", "default", "n1")
+    state = replace(_state("u1", "u2"), controlplane_socket="/r/cp.sock", node_prefix="n")
+    web = "spiffe://cluster.local/ns/default/sa/web"
+    dump = {**DUMP, "certificates": [{"identity": web, "state": "available",
+                                      "not_after": "2030-01-01T00:00:00+00:00"}]}  # fmt: skip
+    live = NodeLive(ztunnel_pid=11, ztunnel_ready=True, config_dump=dump)
+    status = assemble("/r", state, _view(a, b), {"n1": live}, ControlPlaneLive(7, ready=True))
+    assert status.controlplane is not None
+    assert status.controlplane.process.state == "ready"
+    by_uid = {p.uid: p for p in status.pods}
+    assert by_uid["u1"].certificate.identity == web
+    assert by_uid["u1"].certificate.state == "available"
+    assert by_uid["u2"].certificate.state == "-"  # not in the mesh: no identity
+    doc = status.to_json()
+    assert doc["controlplane"] == {
+        "pid": 7, "running": True, "ready": True, "listen": "unix:/r/cp.sock",
+        "netns": "inmesh-ncp", "trustDomain": "cluster.local", "errors": [],
+    }  # fmt: skip
+    assert doc["pods"][0]["certificate"]["notAfter"] == "2030-01-01T00:00:00+00:00"
+    assert doc["pods"][1]["certificate"] is None
+
+
+def test_a_dead_control_plane_is_down_and_an_old_lab_has_none() -> None:
+    state = replace(_state(), controlplane_socket="/r/cp.sock")
+    cp = assemble("/r", state, _view(), {}).controlplane
+    assert cp is not None
+    assert cp.process.state == "down"
+    assert assemble("/r", _state(), _view(), {}).controlplane is None  # lab.json version 1

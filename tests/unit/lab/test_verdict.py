@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from inmesh.lab.evidence import CtFlow, Endpoint
+from inmesh.lab.pcap import WireEvidence
 from inmesh.lab.verdict import Expect, Row, delta, judge
 
 CLIENT = Endpoint("10.244.1.2", 40000)
@@ -58,3 +59,33 @@ def test_delta() -> None:
     assert delta(1.0, 3.0) == 2.0
     assert delta(None, 3.0) == 3.0
     assert delta(1.0, None) is None
+
+
+HBONE = Expect(ok=True, outbound_captured=True, inbound_captured=True, hbone=True)
+
+
+def test_mesh_to_mesh_over_hbone_needs_mutual_tls_and_no_15006_redirect() -> None:
+    row = replace(MESH_TO_MESH, expect=HBONE, in_pkts=0, zt_in_mtls=1.0)
+    assert judge(row) == []
+    plaintext = replace(row, in_pkts=1, zt_in_mtls=0.0)
+    assert judge(plaintext) == [
+        "server REDIRECT→15006 counter moved: plaintext, not HBONE",
+        "ztunnel counted no mutual-TLS inbound (15008) connection",
+    ]
+    unexpected = replace(MESH_TO_MESH, zt_in_mtls=1.0)
+    assert "mutual-TLS inbound connection where none was expected" in judge(unexpected)[0]
+
+
+def test_the_fabric_capture_is_judged_for_hbone_and_plaintext() -> None:
+    tls = WireEvidence(12, ("10.244.2.2:15008",), marker_seen=False)
+    row = replace(MESH_TO_MESH, expect=HBONE, in_pkts=0, zt_in_mtls=1.0, wire=tls)
+    assert judge(row) == []
+    leaked = replace(row, wire=WireEvidence(12, (), marker_seen=True))
+    assert judge(leaked) == [
+        "the capture shows no TLS to port 15008",
+        "the capture shows the application's bytes in the clear",
+    ]
+    plain = replace(PLAIN_TO_PLAIN, wire=WireEvidence(5, (), marker_seen=True))
+    assert judge(plain) == []
+    blind = replace(plain, wire=WireEvidence(0, (), marker_seen=False))
+    assert judge(blind) == ["the capture misses the plaintext bytes"]
