@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,65 +14,21 @@ import pytest
 
 from inmesh.caapi import CHANNEL_OPTIONS
 from inmesh.cluster.model import PodMeta
-from inmesh.cluster.store import FileClusterStore
 from inmesh.controlplane.caserver import node_channel_credentials
 from inmesh.identity import SpiffeId
 from inmesh.pki import generate_key, make_csr
 from inmesh.ztunnel.certs import CaFetchError, GrpcCaClient
 from inmesh.ztunnel.workloads import WorkloadTable
 from inmesh.ztunnel.xdsclient import XdsClient
+from tests.system.cpharness import ControlPlane, control_plane
 
 INMESH = str(Path(sys.executable).with_name("inmesh"))
 
 
-class ControlPlane:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state = root / "state"
-        self.store = FileClusterStore(str(root / "cluster.json"))
-        self.socket = root / "cp.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"unix:{self.socket}"
-
-    def start(self) -> None:
-        log = open(self.root / "cp.log", "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            [INMESH, "controlplane", "serve", "--state-dir", str(self.state),
-             "--store", self.store.path, "--listen", self.target], stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            assert self.proc.poll() is None, (self.root / "cp.log").read_text()
-            assert time.monotonic() < deadline, "control plane did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def credential(self, node: str) -> Path:
-        out = self.root / f"cred-{node}"
-        subprocess.run([INMESH, "controlplane", "node-credential", "--state-dir", str(self.state),
-                        "--node", node, "--out", str(out)], check=True, capture_output=True)
-        return out
-
-
 @pytest.fixture
 def cp() -> Iterator[ControlPlane]:
-    with tempfile.TemporaryDirectory(prefix="imcp-", dir="/tmp") as d:  # short: unix socket path
-        plane = ControlPlane(Path(d))
-        try:
-            yield plane
-        finally:
-            plane.stop()
+    with control_plane() as plane:
+        yield plane
 
 
 def fetch(cp: ControlPlane, node: str, ident: SpiffeId) -> list[str]:

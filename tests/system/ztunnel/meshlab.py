@@ -16,11 +16,8 @@ import contextlib
 import os
 import secrets
 import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inmesh import netns
 from inmesh.cluster.model import PodMeta
-from inmesh.cluster.store import FileClusterStore
 from inmesh.constants import ANNOTATION_REDIRECTION
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.zds.server import SnapshotEntry, ZdsServer
+from tests.system.cpharness import ControlPlane
 from tests.system.nshelpers import NetnsFactory, sh
 from tests.system.ztunnel.podlab import SocketMaker, install_inpod_rules, until_http
 
@@ -41,58 +38,6 @@ SERVER = WorkloadInfo("server-0", "shop", "server")
 CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/shop/sa/server"
 DB_ID = "spiffe://cluster.local/ns/shop/sa/db"
-
-
-class ControlPlane:
-    """`inmesh controlplane serve` on a unix socket, with its state and store under ``root``."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.state = root / "state"
-        self.store = FileClusterStore(str(root / "cluster.json"))
-        self.socket = root / "cp.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"unix:{self.socket}"
-
-    def start(self) -> None:
-        with open(self.root / "cp.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [INMESH, "controlplane", "serve", "--state-dir", str(self.state), "--store",
-                 self.store.path, "--listen", self.target], stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            assert self.proc.poll() is None, (self.root / "cp.log").read_text()
-            assert time.monotonic() < deadline, "control plane did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def credential(self, node: str) -> Path:
-        out = self.root / f"cred-{node}"
-        subprocess.run([INMESH, "controlplane", "node-credential", "--state-dir",
-                        str(self.state), "--node", node, "--out", str(out)],
-                       check=True, capture_output=True)
-        return out
-
-
-@contextlib.contextmanager
-def control_plane() -> Iterator[ControlPlane]:
-    with tempfile.TemporaryDirectory(prefix="imzt-", dir="/tmp") as d:  # short: socket path
-        plane = ControlPlane(Path(d))
-        try:
-            yield plane
-        finally:
-            plane.stop()
 
 
 @dataclass

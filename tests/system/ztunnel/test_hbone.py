@@ -30,16 +30,15 @@ from inmesh.hbone import (
 from inmesh.identity import SpiffeId
 from inmesh.pki import CertBundle, generate_key, make_csr, private_key_pem
 from inmesh.ztunnel.certs import GrpcCaClient, SystemClock
+from tests.system.cpharness import ControlPlane, control_plane
 from tests.system.nshelpers import NetnsFactory
 from tests.system.ztunnel.meshlab import (
     CLIENT_ID,
     DB_ID,
     SERVER_ID,
     Capture,
-    ControlPlane,
     MeshLab,
     build_mesh_lab,
-    control_plane,
     register_pods,
     running_ztunnel,
 )
