@@ -7,6 +7,7 @@ records which namespace path it was asked to act on.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from pathlib import Path
 
@@ -25,8 +26,11 @@ POD = PodMeta(uid="u1", name="web", namespace="shop", node="n1", service_account
               labels={"istio.io/dataplane-mode": "ambient"}, ips=("10.0.0.2",))
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> set[int]:
+    """Open fds after a GC pass; leak checks use ``<=`` (nothing new open), since other tests'
+    garbage may close fds at any time."""
+    gc.collect()
+    return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
 def make(tmp_path: Path) -> tuple[PodRegistry, FakeBackend, FakeZds, StateFile]:
@@ -52,7 +56,7 @@ def test_enrolling_twice_keeps_one_fd_and_one_entry(tmp_path: Path) -> None:
     asyncio.run(reg.enroll(POD, NETNS, POD.ips))
     before = open_fds()
     asyncio.run(reg.enroll(POD, NETNS, POD.ips))
-    assert open_fds() == before
+    assert open_fds() <= before
     assert list(reg.pods) == ["u1"]
     assert len(zds.adds) == 2  # the proxy treats the second Add (same netns) as a no-op
     reg.close()
@@ -81,7 +85,7 @@ def test_rule_failure_is_not_retryable_and_leaves_nothing_behind(tmp_path: Path)
     assert not info.value.retryable
     assert reg.pods == {}
     assert zds.adds == []
-    assert open_fds() == before
+    assert open_fds() <= before
     assert state.load() == {}
 
 
@@ -99,7 +103,7 @@ def test_unenroll_removes_rules_unless_deleted_and_tells_every_proxy(tmp_path: P
     assert asyncio.run(reg.unenroll("u1", pod_deleted=False))
     assert backend.removed == [fd_path]
     assert zds.dels == ["u1"]
-    assert open_fds() == before
+    assert open_fds() <= before
     assert state.load() == {}
     assert not asyncio.run(reg.unenroll("u1", pod_deleted=False))
 

@@ -133,7 +133,7 @@ def test_fd_that_is_not_a_netns_is_nacked_and_closed(tmp_path: Path) -> None:
                     peer.close()
         finally:
             agent.close()
-        assert open_fds() == before
+        assert open_fds() <= before
 
     run(body())
 
@@ -183,7 +183,7 @@ def test_protocol_error_is_nacked_then_the_client_reconnects_keeping_proxies(
                 assert handler.changes[:3] == [True, False, True]
         finally:
             agent.close()
-        assert open_fds() == before
+        assert open_fds() <= before
 
     run(body())
 

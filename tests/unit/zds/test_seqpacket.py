@@ -61,7 +61,7 @@ def test_more_fds_than_the_space_are_flagged_and_none_leak() -> None:
         assert record.truncated
         assert len(record.fds) <= _seqpacket.MAX_FDS_RECEIVED
         _seqpacket.close_fds(record.fds)
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 def test_records_keep_their_boundaries() -> None:

@@ -364,7 +364,7 @@ def test_full_queue_fails_at_once_and_cancelled_adds_are_never_sent(tmp_path: Pa
                 await delete
             finally:
                 peer.close()
-        assert open_fds() == before
+        assert open_fds() <= before
 
     run(body())
 

@@ -58,7 +58,7 @@ def _check_snapshot_add_del(handler: RecordingHandler) -> None:
 def test_snapshot_with_add_and_keep_then_add_and_del(tmp_path: Path) -> None:
     before = open_fds()
     _check_snapshot_add_del(run(_snapshot_add_del(str(tmp_path / "zds.sock"))))
-    assert open_fds() == before
+    assert open_fds() <= before
 
 
 def test_the_pair_also_works_on_uvloop(tmp_path: Path) -> None:
