@@ -12,24 +12,29 @@ everything, 130 = interrupted). See bench/README.md for what each number means.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import functools
 import json
 import os
-import platform
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from _lib.benchlab import BenchError, BenchLab
 from _lib.procstat import CpuUse, CpuWindow, pinned
 from _lib.report import render
+from _lib.runctl import (
+    BUSY_WARNING_PCT,
+    CLIENT_SLACK_S,
+    NCPU,
+    background_busy,
+    machine_meta,
+    stop_on_signals,
+)
+from _lib.runctl import signals_ignored as _signals_ignored
 from _lib.stats import (
     LATENCY_METRICS,
     PATHS,
@@ -50,16 +55,8 @@ RR_PIN_PORT = 7001
 PIN_CPU = 0
 RR_SCRIPT = Path(__file__).resolve().parent / "_lib" / "rr.py"
 STREAMS = (1, 4)
-NCPU = os.cpu_count() or 1
 PATH_CHECK_TRIPS = 200
 """Round trips of the path check: enough to see the connection, too few to cost time."""
-BACKGROUND_S = 1.0
-"""Seconds of machine-wide CPU sampling before the lab is built and after it is gone."""
-BUSY_WARNING_PCT = 25.0
-"""Background load above which the run is flagged: other work then competes for the CPUs,
-which lowers every throughput, the direct one most (it has the most to lose)."""
-CLIENT_SLACK_S = 30.0
-"""Added to a client's expected run time before it is declared hung."""
 CPU_KEYS = tuple(
     f"{m}_{k}"
     for m in ("tput_1", "tput_4")
@@ -268,24 +265,6 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def machine_meta() -> dict[str, Any]:
-    model = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False)
-    return {
-        "host": socket.gethostname(),
-        "kernel": platform.release(),
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "python": platform.python_version(),
-        "iperf3": iperf.stdout.splitlines()[0] if iperf.stdout else "?",
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -319,38 +298,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def background_busy() -> float:
-    """How busy the machine is without the benchmark: % of all CPUs over BACKGROUND_S."""
-    with CpuWindow(None) as w:
-        time.sleep(BACKGROUND_S)
-    assert w.use is not None
-    return w.use.machine_pct
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.geteuid() != 0:
         say("bench/inpod.py needs root (network namespaces, nsenter)")
         return 1
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _interrupt)
+    stop_on_signals()
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     doc: dict[str, Any] = {"meta": {"started": started.isoformat(timespec="seconds"),
                                     "loadavg_start": os.getloadavg(), **machine_meta()},

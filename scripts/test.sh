@@ -9,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff";          ruff check .
 echo "== mypy";          mypy
 echo "== import-linter"; lint-imports
-echo "== unit tests";    pytest -q tests/unit "$@"
+echo "== unit tests";    pytest -q tests/unit bench/tests "$@"
 if [ "$(id -u)" = 0 ]; then
   echo "== system tests"; pytest -q tests/system "$@"
 else

@@ -1,8 +1,9 @@
-"""A private one-node lab for the benchmark, and the processes the benchmark runs in its pods.
+"""A private lab for the benchmarks, and the processes the benchmarks run in its pods.
 
-`BenchLab.build()` creates a lab under its own root (a fresh directory in /run) with a node
-named after a random prefix, adds the four pods and waits until the agent and ztunnel agree
-that the mesh pods are enrolled. `close()` stops every process the benchmark started, then
+`BenchLab.build()` creates a lab under its own root (a fresh directory in /run) with one node
+(or ``nodes``) named after a random prefix, adds the pods (default: the in-pod benchmark's four,
+all on the first node) and waits until the agent and ztunnel agree that the mesh pods are
+enrolled. `close()` stops every process the benchmark started, then
 tears the lab down; it is safe to call twice and after a failed or interrupted build.
 """
 
@@ -16,12 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _lib.procstat import listening_ports
 from inmesh.constants import LABEL_DATAPLANE_MODE
 from inmesh.lab.evidence import metric_samples, workload_total
 from inmesh.lab.lab import Lab
-from inmesh.lab.observe import ztunnel_metrics
+from inmesh.lab.observe import ztunnel_config_dump, ztunnel_metrics
 from inmesh.lab.pods import PodSpec
 from inmesh.netns import nsenter_argv
 
@@ -42,6 +44,9 @@ OPENED_METRIC = "istio_tcp_connections_opened_total"
 class PodDef:
     name: str
     mesh: bool
+    node: int = 1
+    """Index of the lab node (1 = first) the pod is scheduled on."""
+    service_account: str = "default"
 
 
 PODS = (
@@ -61,6 +66,8 @@ class Pod:
     netns: str
     """Path of the pod's network namespace (/run/netns/inmesh-pod-...)."""
     mesh: bool
+    node: str = ""
+    service_account: str = "default"
 
 
 class BenchError(Exception):
@@ -68,29 +75,41 @@ class BenchError(Exception):
 
 
 class BenchLab:
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, nodes: int = 1, pods: Sequence[PodDef] = PODS) -> None:
         self.report = report
         self.root = Path(tempfile.mkdtemp(prefix="inmesh-bench-", dir="/run"))
         self.node_prefix = f"bench{secrets.token_hex(3)}n"
         self.lab = Lab(self.root, report=lambda m: report(f"  lab: {m}"))
         self.logs = self.root / "bench-logs"
         self.pods: dict[str, Pod] = {}
+        self.node_count = nodes
+        self.pod_defs = tuple(pods)
+        self.nodes: list[str] = []
+        """Node names in index order (``nodes[0]`` is node 1)."""
         self.node = ""
+        """The first node."""
         self._procs: list[subprocess.Popen[bytes]] = []
         self._closed = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def build(self) -> None:
-        state = self.lab.up(nodes=1, node_prefix=self.node_prefix)
-        self.node = next(iter(state.nodes))
+        state = self.lab.up(nodes=self.node_count, node_prefix=self.node_prefix)
+        self.nodes = sorted(state.nodes, key=lambda n: state.nodes[n].index)
+        self.node = self.nodes[0]
         self.logs.mkdir(parents=True, exist_ok=True)
         ambient = {LABEL_DATAPLANE_MODE: "ambient"}
-        for p in PODS:
-            meta = self.lab.add_pod(PodSpec(p.name, NAMESPACE, labels=ambient if p.mesh else {}))
+        for p in self.pod_defs:
+            node = self.nodes[p.node - 1]
+            spec = PodSpec(p.name, NAMESPACE, p.service_account,
+                           labels=ambient if p.mesh else {}, node=node)  # fmt: skip
+            meta = self.lab.add_pod(spec)
             netns = meta.netns or ""
-            self.pods[p.name] = Pod(p.name, meta.uid, meta.ips[0], netns, p.mesh)
-            self.report(f"pod {p.name} ({'ambient' if p.mesh else 'plain'}): {meta.ips[0]}")
+            self.pods[p.name] = Pod(
+                p.name, meta.uid, meta.ips[0], netns, p.mesh, node, p.service_account
+            )
+            kind = "ambient" if p.mesh else "plain"
+            self.report(f"pod {p.name} ({kind}) on {node}: {meta.ips[0]}")
         self._wait_enrolled()
 
     def _wait_enrolled(self) -> None:
@@ -109,7 +128,8 @@ class BenchLab:
             if plain_enrolled:
                 raise BenchError(f"plain pods are not plain: {plain_enrolled}")
             if not pending:
-                self.report("agent and ztunnel report client-mesh and server-mesh enrolled")
+                mesh = ", ".join(n for n, p in self.pods.items() if p.mesh)
+                self.report(f"agents and ztunnels report {mesh} enrolled")
                 return
             if time.monotonic() > deadline:
                 raise BenchError(f"not enrolled after {ENROLL_TIMEOUT_S:g}s: {pending}")
@@ -181,9 +201,17 @@ class BenchLab:
 
     # -- the proxy ----------------------------------------------------------------------------
 
-    def ztunnel_pid(self) -> int | None:
-        rec = self.lab.state.load().nodes[self.node].processes.get("ztunnel")
+    def ztunnel_pid(self, node: str | None = None) -> int | None:
+        rec = self.lab.state.load().nodes[node or self.node].processes.get("ztunnel")
         return rec.pid if rec else None
+
+    def metrics(self, node: str) -> str:
+        """ztunnel's Prometheus page on ``node``."""
+        return ztunnel_metrics(self.lab.layout, node, self.lab.settings)
+
+    def config_dump(self, node: str) -> dict[str, Any]:
+        """ztunnel's /config_dump on ``node``."""
+        return ztunnel_config_dump(self.lab.layout, node, self.lab.settings)
 
     def proxy_connections(self) -> tuple[float, float]:
         """(client-mesh outbound, server-mesh inbound) connections ztunnel has opened so far."""

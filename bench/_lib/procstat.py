@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -54,18 +54,25 @@ class CpuUse:
     """Share of the machine in softirq (network receive processing), in % of the machine."""
     steal_pct: float
     """Share of the machine taken by the hypervisor for other guests, in % of the machine."""
+    also_pct: tuple[float | None, ...] = ()
+    """CPU of the further processes given as ``also`` (same order), in % of one core each."""
 
 
 class CpuWindow:
-    """`with CpuWindow(pid) as w: ...` then ``w.use``: CPU spent during the block."""
+    """`with CpuWindow(pid) as w: ...` then ``w.use``: CPU spent during the block.
 
-    def __init__(self, pid: int | None) -> None:
+    ``also``: more processes (e.g. the second node's proxy) whose CPU goes to ``use.also_pct``.
+    """
+
+    def __init__(self, pid: int | None, also: Sequence[int] = ()) -> None:
         self.pid = pid
+        self.also = tuple(also)
         self.use: CpuUse | None = None
 
     def __enter__(self) -> CpuWindow:
         self._t0 = time.monotonic()
         self._p0 = process_cpu_s(self.pid) if self.pid else None
+        self._a0 = [process_cpu_s(p) for p in self.also]
         self._m0 = machine_jiffies()
         return self
 
@@ -76,9 +83,13 @@ class CpuWindow:
         total = max(sum(d), 1)
         busy = total - d[_IDLE] - d[_IOWAIT]
         proxy = None if self._p0 is None or p1 is None else (p1 - self._p0) / wall * 100
-        self.use = CpuUse(
-            wall, proxy, busy / total * 100, d[_SOFTIRQ] / total * 100, d[_STEAL] / total * 100
+        also = tuple(
+            None if a0 is None or a1 is None else (a1 - a0) / wall * 100
+            for a0, a1 in zip(self._a0, [process_cpu_s(p) for p in self.also], strict=True)
         )
+        machine, softirq, steal = (busy / total * 100, d[_SOFTIRQ] / total * 100,
+                                   d[_STEAL] / total * 100)  # fmt: skip
+        self.use = CpuUse(wall, proxy, machine, softirq, steal, also)
 
 
 def listening_ports(pid: int) -> set[int]:

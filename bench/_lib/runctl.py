@@ -1,0 +1,73 @@
+"""What every benchmark script shares around its measurements: the machine's description, the
+background load before and after, and signals (stop cleanly on Ctrl-C/SIGTERM/SIGHUP, and let
+nothing interrupt the teardown)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from _lib.procstat import CpuWindow
+
+NCPU = os.cpu_count() or 1
+BACKGROUND_S = 1.0
+"""Seconds of machine-wide CPU sampling before the lab is built and after it is gone."""
+BUSY_WARNING_PCT = 25.0
+"""Background load above which the run is flagged: other work then competes for the CPUs,
+which lowers every throughput, the direct one most (it has the most to lose)."""
+CLIENT_SLACK_S = 30.0
+"""Added to a client's expected run time before it is declared hung."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def machine_meta() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    iperf = subprocess.run(["iperf3", "--version"], capture_output=True, text=True, check=False)
+    return {
+        "host": socket.gethostname(),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "iperf3": iperf.stdout.splitlines()[0] if iperf.stdout else "?",
+    }
+
+
+def background_busy() -> float:
+    """How busy the machine is without the benchmark: % of all CPUs over BACKGROUND_S."""
+    with CpuWindow(None) as w:
+        time.sleep(BACKGROUND_S)
+    assert w.use is not None
+    return w.use.machine_pct
+
+
+def interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C: through the `finally` that tears down."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
