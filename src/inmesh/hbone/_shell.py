@@ -155,7 +155,10 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.core.acknowledge(stream_id, size)
-        self._settle(stream_id)
+        # Usually h2 only counts the credit (WINDOW_UPDATE comes at half a window) and the
+        # stream stays: nothing to send, no timer to move.
+        if self.core.has_output or not self.core.has_stream(stream_id):
+            self._settle(stream_id)
 
     def reset(self, stream_id: int, error_code: int) -> None:
         self.core.reset(stream_id, error_code)
@@ -242,9 +245,11 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        data = self.core.data_to_send()
-        if data:
-            transport.write(data)
+        chunks = self.core.chunks_to_send()
+        if len(chunks) == 1:
+            transport.write(chunks[0])
+        elif chunks:
+            transport.writelines(chunks)
         if self.core.ended:
             transport.close()
             # A peer that stops reading would hold the TLS close forever.

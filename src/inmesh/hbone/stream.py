@@ -52,10 +52,14 @@ class HboneStream:
         self._write_closed = False
         self.error: StreamResetError | None = None
         """Why the stream broke, once it did."""
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
+        # The reader's and the writer's wake-up, while one waits (a bare future per wait is
+        # cheaper than an `asyncio.Event`; like ``Event.clear`` + ``wait``, a wake-up before
+        # the wait is not remembered: both loops re-check the state first).
+        self._reader: asyncio.Future[None] | None = None
+        self._writer: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
         # Client side: the CONNECT's status, or the exception that prevented one.
-        self._answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._answer: asyncio.Future[int] = self._loop.create_future()
 
     @property
     def peer_identity(self) -> SpiffeId:
@@ -70,8 +74,8 @@ class HboneStream:
                 raise self.error
             if self._eof:
                 return b""
-            self._readable.clear()
-            await self._readable.wait()
+            self._reader = self._loop.create_future()
+            await self._reader
         if self.error is not None:
             raise self.error
         return self._chunks.popleft()
@@ -119,8 +123,13 @@ class HboneStream:
                                    ErrorCodes.STREAM_CLOSED, by_peer=False)
 
     async def _wait_writable(self) -> None:
-        self._writable.clear()
-        await self._writable.wait()
+        self._writer = self._loop.create_future()
+        await self._writer
+
+    def _wake_reader(self) -> None:
+        waiter, self._reader = self._reader, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait_answer(self) -> int:
         """Client: the status the server answered the CONNECT with."""
@@ -132,14 +141,16 @@ class HboneStream:
 
     def received(self, data: bytes) -> None:
         self._chunks.append(data)
-        self._readable.set()
+        self._wake_reader()
 
     def ended_by_peer(self) -> None:
         self._eof = True
-        self._readable.set()
+        self._wake_reader()
 
     def wake_writer(self) -> None:
-        self._writable.set()
+        waiter, self._writer = self._writer, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def fail(self, error: StreamResetError) -> None:
         if self.error is None:
@@ -148,5 +159,5 @@ class HboneStream:
         if not self._answer.done():
             self._answer.set_exception(error)
             self._answer.exception()  # retrieved: nobody may be waiting for it
-        self._readable.set()
-        self._writable.set()
+        self._wake_reader()
+        self.wake_writer()

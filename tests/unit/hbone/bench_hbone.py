@@ -1,10 +1,13 @@
 """Rough single-stream HBONE throughput over loopback TLS, client and server in two processes.
 
     .venv/bin/python -m tests.unit.hbone.bench_hbone [MiB]
+    .venv/bin/python -m tests.unit.hbone.bench_hbone rr [COUNT]
 
 The server process runs `serve_hbone` and a sink/source app; the client process opens one
 tunnel through an `HbonePool` and pushes MiB up (the app counts them), then pulls MiB down.
-Not a test: numbers depend on the machine and its load.
+Both print MB per CPU second of each process too. ``rr`` instead sends COUNT 1-byte messages
+through the tunnel to an echo app, one at a time, and prints the median round trip and the CPU
+both processes spent per round trip. Not a test: numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
     loop = asyncio.get_running_loop()
     app = socket.create_server((LOCAL_IP, 0))
     hb = socket.create_server((LOCAL_IP, 0))
-    app.setblocking(False)
-    hb.setblocking(False)
-    ready.send((hb.getsockname()[1], app.getsockname()[1]))
+    echo = socket.create_server((LOCAL_IP, 0))
+    cpu_lsn = socket.create_server((LOCAL_IP, 0))
+    for lsn in (app, hb, echo, cpu_lsn):
+        lsn.setblocking(False)
+    ready.send((hb.getsockname()[1], app.getsockname()[1], echo.getsockname()[1],
+                cpu_lsn.getsockname()[1]))
 
     async def app_conn(c: socket.socket) -> None:
         n = 0
@@ -44,6 +50,17 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
         while sent < down:  # down: send as much back
             await loop.sock_sendall(c, block[: min(CHUNK, down - sent)])
             sent += min(CHUNK, down - sent)
+        c.close()
+
+    async def echo_conn(c: socket.socket) -> None:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := await loop.sock_recv(c, 1 << 16):
+            await loop.sock_sendall(c, data)
+        c.close()
+
+    async def cpu(c: socket.socket) -> None:
+        await loop.sock_recv(c, 1)
+        await loop.sock_sendall(c, str(time.process_time()).encode())
         c.close()
 
     async def hbone_conn(c: socket.socket) -> None:
@@ -60,24 +77,35 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(accept(app, app_conn, tasks))
         tasks.create_task(accept(hb, hbone_conn, tasks))
+        tasks.create_task(accept(echo, echo_conn, tasks))
+        tasks.create_task(accept(cpu_lsn, cpu, tasks))
 
 
 def _serve(pki: Pki, ready: multiprocessing.connection.Connection) -> None:
     uvloop.run(_server(pki, ready))
 
 
-async def _client(pki: Pki, hb_port: int, app_port: int, total: int) -> None:
+def _server_cpu(port: int) -> float:
+    with socket.create_connection((LOCAL_IP, port)) as c:
+        c.sendall(b"?")
+        return float(c.recv(100))
+
+
+async def _client(pki: Pki, ports: tuple[int, int, int, int], total: int) -> None:
+    hb_port, app_port, _, cpu_port = ports
     async with pool() as p:
         key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, Target(LOCAL_IP, hb_port))
         stream = await p.open(key, plain_socket, pki.client_ctx(), [SERVER_ID],
                               Target(LOCAL_IP, app_port))
         block = memoryview(os.urandom(CHUNK))
+        cpu0, scpu0 = time.process_time(), _server_cpu(cpu_port)
         start = time.perf_counter()
         for offset in range(0, total, CHUNK):
             await stream.write(block[: min(CHUNK, total - offset)])
         stream.close_write()
         first = await stream.read()  # the app only answers after counting everything
         up = time.perf_counter() - start
+        cpu1, scpu1 = time.process_time(), _server_cpu(cpu_port)
         got = len(first)
         stream.acknowledge(len(first))
         start = time.perf_counter()
@@ -85,21 +113,53 @@ async def _client(pki: Pki, hb_port: int, app_port: int, total: int) -> None:
             got += len(data)
             stream.acknowledge(len(data))
         down = time.perf_counter() - start
+        cpu2, scpu2 = time.process_time(), _server_cpu(cpu_port)
         assert got == total, (got, total)
         mib = total / (1 << 20)
-        print(f"up   {mib:.0f} MiB in {up:.2f} s = {total / up / 1e6:.0f} MB/s")
-        print(f"down {mib:.0f} MiB in {down:.2f} s = {total / down / 1e6:.0f} MB/s")
+        for name, wall, ccpu, scpu in (("up  ", up, cpu1 - cpu0, scpu1 - scpu0),
+                                       ("down", down, cpu2 - cpu1, scpu2 - scpu1)):
+            print(f"{name} {mib:.0f} MiB in {wall:.2f} s = {total / wall / 1e6:.0f} MB/s; "
+                  f"MB per CPU s: client {total / ccpu / 1e6:.0f}, "
+                  f"server {total / scpu / 1e6:.0f}")
+
+
+async def _client_rr(pki: Pki, ports: tuple[int, int, int, int], count: int) -> None:
+    hb_port, _, echo_port, cpu_port = ports
+    async with pool() as p:
+        key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, Target(LOCAL_IP, hb_port))
+        stream = await p.open(key, plain_socket, pki.client_ctx(), [SERVER_ID],
+                              Target(LOCAL_IP, echo_port))
+        times = []
+        for i in range(count + count // 10):
+            if i == count // 10:  # after a warm-up tenth
+                cpu0, scpu0 = time.process_time(), _server_cpu(cpu_port)
+            t0 = time.perf_counter_ns()
+            await stream.write(b"x")
+            data = await stream.read()
+            stream.acknowledge(len(data))
+            times.append(time.perf_counter_ns() - t0)
+        cpu1, scpu1 = time.process_time(), _server_cpu(cpu_port)
+        stream.close_write()
+        timed = sorted(times[count // 10:])
+        print(f"rr {count}: p50 {timed[len(timed) // 2] / 1e3:.1f} us, "
+              f"p99 {timed[len(timed) * 99 // 100] / 1e3:.1f} us; CPU per round trip: "
+              f"client {(cpu1 - cpu0) / count * 1e6:.1f} us, "
+              f"server {(scpu1 - scpu0) / count * 1e6:.1f} us")
 
 
 def main() -> None:
-    total = int(sys.argv[1] if len(sys.argv) > 1 else "512") << 20
+    rr = sys.argv[1:2] == ["rr"]
+    args = sys.argv[2:] if rr else sys.argv[1:]
     pki = Pki.create()
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=_serve, args=(pki, child), daemon=True)
     server.start()
     try:
-        hb_port, app_port = parent.recv()
-        uvloop.run(_client(pki, hb_port, app_port, total))
+        ports = parent.recv()
+        if rr:
+            uvloop.run(_client_rr(pki, ports, int(args[0] if args else "20000")))
+        else:
+            uvloop.run(_client(pki, ports, int(args[0] if args else "512") << 20))
     finally:
         server.terminate()
         server.join()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
@@ -393,3 +394,147 @@ def test_data_frame_repr_stays_cheap() -> None:
     from hyperframe.frame import DataFrame
 
     assert repr(DataFrame(1, b"x" * (1 << 20))).endswith(": <1048576 bytes>")
+
+
+def _plain_h2_wire(ops: list[tuple[str, int]]) -> bytes:
+    """What stock h2 sends for the same operations as `_run_ops` (reference serializer)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({SettingCodes.MAX_FRAME_SIZE: (1 << 24) - 1})
+    conn.local_settings.acknowledge()
+    conn.max_outbound_frame_size = (1 << 24) - 1
+    conn.outbound_flow_control_window = 1 << 30
+    conn.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
+    conn.streams[1].outbound_flow_control_window = 1 << 30
+    conn.clear_outbound_data_buffer()
+    for op, size in ops:
+        if op == "data":
+            conn.send_data(1, bytes([size % 251]) * size)
+        elif op == "padded":
+            conn.send_data(1, bytes([size % 251]) * size, pad_length=size % 7)
+        elif op == "ping":
+            conn.ping(size.to_bytes(8, "big"))
+        else:
+            conn.end_stream(1)
+    return conn.data_to_send()
+
+
+def _run_ops(ops: list[tuple[str, int]], joined: bool) -> bytes:
+    from inmesh.hbone.protocol import _H2Connection
+
+    conn = _H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.update_settings({SettingCodes.MAX_FRAME_SIZE: (1 << 24) - 1})
+    conn.local_settings.acknowledge()
+    conn.max_outbound_frame_size = (1 << 24) - 1
+    conn.outbound_flow_control_window = 1 << 30
+    conn.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
+    conn.streams[1].outbound_flow_control_window = 1 << 30
+    conn.clear_outbound_data_buffer()
+    out = b""
+    for op, size in ops:
+        if op == "data":
+            conn.send_data(1, memoryview(bytes([size % 251]) * size))
+        elif op == "padded":
+            conn.send_data(1, bytes([size % 251]) * size, pad_length=size % 7)
+        elif op == "ping":
+            conn.ping(size.to_bytes(8, "big"))
+        else:
+            conn.end_stream(1)
+        if not joined and size % 3 == 0:  # drain now and then, as the shell does
+            out += b"".join(conn.chunks_to_send())
+    return out + (conn.data_to_send() if joined else b"".join(conn.chunks_to_send()))
+
+
+_OPS = st.lists(st.one_of(
+    st.tuples(st.sampled_from(["data", "padded"]),
+              st.one_of(st.integers(0, 100), st.integers(16_000, 70_000))),
+    st.tuples(st.just("ping"), st.integers(0, 1000))), max_size=12).map(
+        lambda ops: [*ops, ("end", 0)])
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=_OPS)
+def test_data_frames_serialize_byte_for_byte_as_h2_does(ops: list[tuple[str, int]]) -> None:
+    """The pass-through DATA serializer, drained as chunks or joined, writes exactly what h2's
+    own serializer writes, in the same order as the other frames."""
+    expected = _plain_h2_wire(ops)
+    assert _run_ops(ops, joined=False) == expected
+    assert _run_ops(ops, joined=True) == expected
+
+
+def test_large_payloads_go_out_by_reference_small_ones_joined() -> None:
+    from inmesh.hbone.protocol import ZERO_COPY_MIN
+
+    pair = Pair()
+    sid = pair.tunnel()
+    big = bytes(ZERO_COPY_MIN)
+    pair.client.send(sid, b"small")
+    pair.client.send(sid, big)
+    chunks = pair.client.chunks_to_send()
+    header = bytes([0, 0x40, 0, 0, 0]) + sid.to_bytes(4, "big")  # 16 KiB, DATA, no flags
+    assert len(chunks) == 2
+    assert bytes(chunks[0]).endswith(b"small" + header)
+    assert chunks[1] is big  # not copied
+    assert not pair.client.has_output
+    assert pair.client.chunks_to_send() == []
+    [frame] = frames(bytes(chunks[0][-9:]) + bytes(chunks[1]))
+    assert frame.stream_id == sid
+    assert frame.body_len == ZERO_COPY_MIN
+
+
+def test_writable_buffers_are_copied_before_they_are_kept() -> None:
+    from inmesh.hbone.protocol import ZERO_COPY_MIN
+
+    pair = Pair()
+    sid = pair.tunnel()
+    buf = bytearray(b"a" * ZERO_COPY_MIN)
+    assert pair.client.send(sid, buf) == ZERO_COPY_MIN
+    buf[:] = b"b" * ZERO_COPY_MIN  # the caller reuses its buffer after send returned
+    pair.pump()
+    [data] = pair.take(pair.at_server, ev.DataArrived)
+    assert isinstance(data, ev.DataArrived)
+    assert data.data == b"a" * ZERO_COPY_MIN
+
+
+def _parse_all(buffer: object, pieces: list[bytes]) -> list[object]:
+    """Frames (type, stream, flags, payload) or the error, as a frame buffer yields them."""
+    from h2.frame_buffer import FrameBuffer
+
+    assert isinstance(buffer, FrameBuffer)
+    buffer.max_frame_size = 1 << 14
+    out: list[object] = []
+    try:
+        for piece in pieces:
+            buffer.add_data(piece)
+            out += [(f.type, f.stream_id, sorted(f.flags), bytes(getattr(f, "data", b"")))
+                    for f in buffer]
+    except h2.exceptions.ProtocolError as exc:
+        out.append((type(exc).__name__, str(exc)))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(junk=st.binary(max_size=300), keep=st.integers(min_value=0, max_value=400),
+       cuts=st.lists(st.integers(min_value=1, max_value=300), max_size=8))
+def test_frame_buffer_yields_what_h2s_own_does(junk: bytes, keep: int, cuts: list[int]) -> None:
+    """Valid frames (DATA padded or not, HEADERS, PING), cut anywhere, then junk, fed in any
+    chunking: the in-place DATA parser gives the same frames and errors as h2's buffer."""
+    from h2.frame_buffer import FrameBuffer
+
+    from inmesh.hbone.protocol import _FrameBuffer
+
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
+    raw.send_data(1, b"a" * 100)
+    raw.send_data(1, b"b" * 50, pad_length=7)
+    raw.ping(b"12345678")
+    raw.send_data(1, b"c" * 3, end_stream=True)
+    wire = raw.data_to_send()[len(PREFACE):][:keep] + junk
+    pieces, offset = [], 0
+    for cut in cuts:
+        pieces.append(wire[offset:offset + cut])
+        offset += cut
+    pieces.append(wire[offset:])
+    assert _parse_all(_FrameBuffer(), pieces) == _parse_all(FrameBuffer(), pieces)
