@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything inmesh needs on a Debian 12 machine, as root: system packages and the
+# Installs everything inmesh needs on a Debian 12 machine, as root: system packages (nodejs is
+# for the HTTP/2 interop tests against Node's http2) and the
 # project's virtualenv at .venv (editable, with the dev tools). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   iproute2 iptables nftables conntrack ipset tcpdump procps util-linux
-  containernetworking-plugins iperf3 python3 python3-venv python3-dev gcc
+  containernetworking-plugins iperf3 nodejs python3 python3-venv python3-dev gcc
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
