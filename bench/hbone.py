@@ -42,11 +42,10 @@ from _lib.meshcheck import (
 from _lib.procstat import CpuUse, CpuWindow, pinned
 from _lib.profiling import Profiler
 from _lib.runctl import (
-    BACKGROUND_S,
-    BUSY_WARNING_PCT,
     CLIENT_SLACK_S,
     NCPU,
     background_busy,
+    close_run,
     machine_meta,
     signals_ignored,
     stop_on_signals,
@@ -508,24 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["summary"] = summarize(rounds, CPU_KEYS)
         say("")
         say(render(doc["summary"], len(rounds), measurements, args.conn_parallel))
-    busy = (doc["meta"]["background_busy_pct_start"], doc["meta"]["background_busy_pct_end"])
-    say(
-        f"\nrun took {doc['meta']['duration_s']:.0f}s; background load without the lab"
-        f" ({BACKGROUND_S:g} s each): {busy[0]:.0f}% of the CPUs before, {busy[1]:.0f}% after"
-    )
-    if max(busy) > BUSY_WARNING_PCT:
-        say(
-            "WARNING: other work was using the CPUs; throughputs are depressed and ratios"
-            " against direct flattered. Rerun on a quieter machine for comparable numbers."
-        )
-    failed = [m for m in measurements if "error" in m]
-    if failed:
-        say(f"ERROR: {len(failed)} of {len(measurements)} measurements failed (see above)")
-        code = code or 1
-    if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
-        say(f"numbers written to {args.json}")
-    return code
+    return close_run(doc, measurements, code, args.json, say)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,15 @@ nothing interrupt the teardown)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from _lib.procstat import CpuWindow
@@ -71,3 +73,32 @@ def signals_ignored() -> Iterator[None]:
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def close_run(
+    doc: dict[str, Any],
+    measurements: list[dict[str, Any]],
+    code: int,
+    json_out: str | None,
+    say: Callable[[str], None],
+) -> int:
+    """The end every script shares: background-load report and warning, failed measurements
+    (exit 1), the JSON file. Returns the exit code."""
+    busy = (doc["meta"]["background_busy_pct_start"], doc["meta"]["background_busy_pct_end"])
+    say(
+        f"\nrun took {doc['meta']['duration_s']:.0f}s; background load without the lab"
+        f" ({BACKGROUND_S:g} s each): {busy[0]:.0f}% of the CPUs before, {busy[1]:.0f}% after"
+    )
+    if max(busy) > BUSY_WARNING_PCT:
+        say(
+            "WARNING: other work was using the CPUs; throughputs are depressed and ratios"
+            " against direct flattered. Rerun on a quieter machine for comparable numbers."
+        )
+    failed = [m for m in measurements if "error" in m]
+    if failed:
+        say(f"ERROR: {len(failed)} of {len(measurements)} measurements failed (see above)")
+        code = code or 1
+    if json_out:
+        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
+        say(f"numbers written to {json_out}")
+    return code
