@@ -44,6 +44,7 @@ from _lib.profiling import Profiler
 from _lib.runctl import (
     CLIENT_SLACK_S,
     NCPU,
+    add_common_args,
     background_busy,
     close_run,
     machine_meta,
@@ -398,30 +399,7 @@ def _f(value: Any, fmt: str = ".1f") -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="interleaved rounds over all paths; medians are reported (default 3)",
-    )
-    p.add_argument(
-        "--seconds",
-        type=float,
-        default=3.0,
-        help="iperf3 measuring time per throughput test, after --omit (default 3)",
-    )
-    p.add_argument(
-        "--omit", type=int, default=1, help="iperf3 -O: warm-up seconds not counted (default 1)"
-    )
-    p.add_argument(
-        "--rr-count",
-        type=int,
-        default=10000,
-        help="timed 1-byte round trips per latency test (default 10000)",
-    )
-    p.add_argument(
-        "--rr-warmup", type=int, default=500, help="untimed round trips before them (default 500)"
-    )
+    add_common_args(p, rounds=3, rr_count=10000, rr_warmup=500)
     p.add_argument(
         "--conn-seconds",
         type=float,

@@ -29,6 +29,7 @@ from _lib.report import render
 from _lib.runctl import (
     CLIENT_SLACK_S,
     NCPU,
+    add_common_args,
     background_busy,
     close_run,
     machine_meta,
@@ -267,30 +268,7 @@ def summarize(rounds: list[Round]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--seconds",
-        type=float,
-        default=3.0,
-        help="iperf3 measuring time per test, after --omit (default 3)",
-    )
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=4,
-        help="interleaved rounds over all paths; medians are reported (default 4)",
-    )
-    p.add_argument(
-        "--omit", type=int, default=1, help="iperf3 -O: warm-up seconds not counted (default 1)"
-    )
-    p.add_argument(
-        "--rr-count",
-        type=int,
-        default=20000,
-        help="timed 1-byte round trips per latency test (default 20000)",
-    )
-    p.add_argument(
-        "--rr-warmup", type=int, default=1000, help="untimed round trips before them (default 1000)"
-    )
+    add_common_args(p, rounds=4, rr_count=20000, rr_warmup=1000)
     p.add_argument("--json", metavar="OUT", help="also write all numbers as JSON to OUT")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.rr_count < 100 or args.omit < 0:

@@ -4,6 +4,7 @@ nothing interrupt the teardown)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -102,3 +103,36 @@ def close_run(
         Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
         say(f"numbers written to {json_out}")
     return code
+
+
+def add_common_args(
+    p: argparse.ArgumentParser, *, rounds: int, rr_count: int, rr_warmup: int
+) -> None:
+    """The options every benchmark script takes (each picks its own defaults)."""
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=rounds,
+        help=f"interleaved rounds over all paths; medians are reported (default {rounds})",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="iperf3 measuring time per throughput test, after --omit (default 3)",
+    )
+    p.add_argument(
+        "--omit", type=int, default=1, help="iperf3 -O: warm-up seconds not counted (default 1)"
+    )
+    p.add_argument(
+        "--rr-count",
+        type=int,
+        default=rr_count,
+        help=f"timed 1-byte round trips per latency test (default {rr_count})",
+    )
+    p.add_argument(
+        "--rr-warmup",
+        type=int,
+        default=rr_warmup,
+        help=f"untimed round trips before them (default {rr_warmup})",
+    )
