@@ -15,134 +15,23 @@ framing errors, GOAWAY and a missed PING end the connection (`ConnectionEnded`).
 from __future__ import annotations
 
 import contextlib
-import struct
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import h2.events as h2e
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.exceptions import FrameDataMissingError, H2Error, ProtocolError
-from h2.frame_buffer import FrameBuffer
+from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes, Settings
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import DataFrame, Frame
 
 from inmesh.errors import LocalProtocolError
 from inmesh.hbone import events as ev
+from inmesh.hbone.h2fast import Buffer, FastH2Connection
 from inmesh.hbone.headers import BadConnect, Header, Target, connect_request, judge_connect
 from inmesh.hbone.keepalive import Keepalive
 from inmesh.hbone.settings import HboneSettings
 
 _DEFAULT_CONNECTION_WINDOW = 65535
-_FRAME_HEADER = struct.Struct(">HBBBL")  # RFC 9113 4.1: 24-bit length, type, flags, stream id
-_DATA_TYPE, _END_STREAM_FLAG = 0x0, 0x1
-ZERO_COPY_MIN = 16 << 10
-"""DATA payloads of at least this many bytes go out by reference, not serialized into h2's
-buffer: below it one concatenation is cheaper than an extra buffer (and TLS record)."""
-
-Buffer = bytes | memoryview
-
-
-def _data_frame_body_repr(frame: DataFrame) -> str:
-    return f"<{len(frame.data)} bytes>"
-
-
-# h2 formats ``repr(frame)`` for its trace log on every received frame, even with logging off,
-# and hyperframe's DATA repr copies and hex-encodes the whole payload: a quarter of the CPU of
-# a bulk transfer with 1 MiB frames. Only that repr changes; parsing and serializing do not.
-DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
-
-
-class _FrameBuffer(FrameBuffer):
-    """h2's inbound buffer, parsing DATA bodies in place: h2 slices every frame out of the
-    buffer (a copy) before ``DataFrame.parse_body`` copies the payload out again. Other
-    frames, and DATA in the middle of a header block (an error h2 reports), go the h2 way;
-    errors are h2's."""
-
-    def __next__(self) -> Frame:
-        buf = self._data
-        if len(buf) < 9 or buf[3] != _DATA_TYPE or self._headers_buffer:
-            return super().__next__()
-        try:
-            frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
-        except (InvalidDataError, InvalidFrameError) as err:
-            raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
-        if len(buf) < length + 9:
-            raise StopIteration
-        self._validate_frame_length(length)
-        body = memoryview(buf)[9:9 + length]
-        try:
-            frame.parse_body(body)  # copies the payload out (``tobytes``)
-        except InvalidDataError as err:
-            raise ProtocolError("Received frame with non-compliant data") from err
-        except InvalidFrameError as err:
-            raise FrameDataMissingError("Frame data missing or invalid") from err
-        finally:
-            body.release()  # the buffer may be resized again
-        del buf[:9 + length]
-        return frame
-
-
-class _H2Connection(H2Connection):
-    """h2 with large DATA payloads passed through by reference.
-
-    h2 serializes every frame into one bytearray: a DATA payload is copied four times on its
-    way (``tobytes``, join, header concatenation, append) and once more by `data_to_send`.
-    Here h2 still does all the state and flow-control bookkeeping of ``send_data``; only the
-    serialization of unpadded DATA frames is replaced: a 9-byte header, then the payload
-    appended (below `ZERO_COPY_MIN`) or itself kept, in order, in `chunks_to_send`.
-    A payload is kept by reference until written: h2 turns memoryviews into bytes, and
-    `HboneConnection.send` hands over nothing else, so no caller can change it meanwhile."""
-
-    def __init__(self, config: H2Configuration) -> None:
-        super().__init__(config)
-        self._chunks: list[Buffer] = []
-        self.incoming_buffer = _FrameBuffer(server=not config.client_side)
-
-    def _prepare_for_sending(self, frames: list[Frame]) -> None:
-        if not frames:
-            return
-        out = self._data_to_send
-        for frame in frames:
-            if type(frame) is not DataFrame or "PADDED" in frame.flags:
-                out += frame.serialize()
-                continue
-            payload = frame.data
-            size = frame.body_len = len(payload)
-            out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE,
-                                      _END_STREAM_FLAG if "END_STREAM" in frame.flags else 0,
-                                      frame.stream_id & 0x7FFFFFFF)
-            if size < ZERO_COPY_MIN:
-                out += payload
-            else:
-                self._chunks.append(bytes(out))
-                out.clear()
-                self._chunks.append(payload)
-        assert all(f.body_len <= self.max_outbound_frame_size for f in frames)
-
-    @property
-    def has_output(self) -> bool:
-        return bool(self._chunks or self._data_to_send)
-
-    def chunks_to_send(self) -> list[Buffer]:
-        """Everything pending, in order, as buffers to write one after the other."""
-        chunks, self._chunks = self._chunks, []
-        if self._data_to_send:
-            chunks.append(bytes(self._data_to_send))
-            self._data_to_send = bytearray()
-        return chunks
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        if self._chunks:
-            self._data_to_send[:0] = b"".join(self._chunks)
-            self._chunks = []
-        return super().data_to_send(amount)
-
-    def clear_outbound_data_buffer(self) -> None:
-        self._chunks = []
-        super().clear_outbound_data_buffer()
 
 
 @dataclass
@@ -171,7 +60,7 @@ class HboneConnection:
         self._idle_timeout = idle_timeout
         self._idle_since: float | None = now
         self._opened = self._opened_at_mark = 0  # streams ever opened; see `_idle_expired`
-        self._h2 = _H2Connection(H2Configuration(
+        self._h2 = FastH2Connection(H2Configuration(
             client_side=client_side, header_encoding=None, validate_inbound_headers=False,
             normalize_inbound_headers=False))
         header_list = settings.client_max_header_list if client_side \
@@ -207,7 +96,10 @@ class HboneConnection:
             return self._end(f"HTTP/2 protocol error from peer: {exc}", int(code), False)
         out: list[ev.Event] = []
         for event in h2_events:
-            out.extend(self._dispatch(event))
+            if isinstance(event, ev.DataArrived):  # the fast lane (`h2fast`): tunnel bytes
+                self._on_fast_data(event, out)
+            else:
+                out.extend(self._dispatch(event))
             if self.ended:
                 break
         return out
@@ -270,16 +162,31 @@ class HboneConnection:
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Send as much of ``data`` as the windows allow, in frames of at most the peer's
         frame size; return how many bytes were taken."""
+        stream = self._stream(stream_id)
+        if stream.local_ended or self.ended:
+            return 0
+        h2 = self._h2
+        h2_stream = h2.sendable(stream_id)
+        if h2_stream is None:  # h2 tells what is wrong (a closed stream, a closed connection)
+            return self._send_via_h2(stream_id, data)
+        window = min(h2.outbound_flow_control_window, h2_stream.outbound_flow_control_window)
+        size = len(data)
+        if 0 < size <= window and size <= h2.max_outbound_frame_size:
+            h2.emit_data(h2_stream, data)  # the usual case: one frame, the caller's buffer
+            return size
+        view = memoryview(data)
+        taken = min(size, max(0, window))
+        frame = h2.max_outbound_frame_size
+        for offset in range(0, taken, frame):
+            h2.emit_data(h2_stream, view[offset:min(offset + frame, taken)])
+        return taken
+
+    def _send_via_h2(self, stream_id: int, data: bytes | memoryview) -> int:
         view = memoryview(data)
         taken = min(len(view), self.send_window(stream_id))
         frame = self._h2.max_outbound_frame_size
-        whole = view.obj if type(view.obj) is bytes else None
         for offset in range(0, taken, frame):
-            part = view[offset:min(offset + frame, taken)]
-            # h2 copies a memoryview (``tobytes``) and keeps bytes as they are: hand it the
-            # immutable bytes object itself when the slice is all of it.
-            self._h2.send_data(stream_id, whole if whole is not None
-                               and part.nbytes == len(whole) else part)
+            self._h2.send_data(stream_id, view[offset:min(offset + frame, taken)])
         return taken
 
     def end_stream(self, stream_id: int) -> None:
@@ -398,6 +305,15 @@ class HboneConnection:
             return []
         stream.unacked += len(data)
         return [ev.DataArrived(sid, data)]
+
+    def _on_fast_data(self, event: ev.DataArrived, out: list[ev.Event]) -> None:
+        sid, size = event.stream_id, len(event.data)
+        stream = self._streams.get(sid)
+        if stream is None or stream.remote_ended:  # a stream we dropped: discard, give credit
+            self._h2.acknowledge_received_data(size, sid)
+            return
+        stream.unacked += size
+        out.append(event)
 
     def _on_stream_ended(self, stream_id: int | None) -> Iterable[ev.Event]:
         stream = self._streams.get(stream_id or 0)
