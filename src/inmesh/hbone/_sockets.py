@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import errno
 import socket
 import struct
 
 from inmesh.hbone.headers import Target
+from inmesh.sockio import connect
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -32,19 +31,7 @@ def release(sock: socket.socket) -> None:
         sock.close()
 
 
-def is_connected(sock: socket.socket) -> bool:
-    try:
-        sock.getpeername()
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            return False
-        raise
-    return True
-
-
 async def ensure_connected(sock: socket.socket, target: Target) -> None:
     """Connect ``sock`` to ``target`` unless it is connected already (non-blocking after).
     Callers bound the wait with ``asyncio.timeout``."""
-    sock.setblocking(False)
-    if not is_connected(sock):
-        await asyncio.get_running_loop().sock_connect(sock, (target.ip, target.port))
+    await connect(sock, (target.ip, target.port))

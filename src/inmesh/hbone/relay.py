@@ -26,6 +26,7 @@ from inmesh.hbone.settings import HboneSettings
 from inmesh.hbone.stream import HboneStream
 
 DEFAULT_CHUNK = HboneSettings().relay_chunk
+_FIRST_READ = 16 << 10
 
 
 class RelayCounts(NamedTuple):
@@ -48,14 +49,22 @@ class _Pump:
         self.loop = asyncio.get_running_loop()
 
     async def sock_to_stream(self) -> None:
+        # Reads start small and grow while they come back full: a read allocates its whole
+        # size, and a big allocation is an mmap/mremap/munmap each time (glibc), which small
+        # messages would pay for nothing.
+        size = min(_FIRST_READ, self.chunk)
         while True:
             try:
-                data = await self.loop.sock_recv(self.sock, self.chunk)
+                data = await self.loop.sock_recv(self.sock, size)
             except OSError as exc:
                 raise _SocketBroke(f"reading the socket: {exc.strerror or exc}") from exc
             if not data:
                 self.stream.close_write()
                 return
+            if len(data) == size:
+                size = min(size * 4, self.chunk)
+            elif len(data) < _FIRST_READ:
+                size = min(_FIRST_READ, self.chunk)
             await self.stream.write(data)
             self.up += len(data)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from inmesh.constants import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 from inmesh.errors import KernelError
+from inmesh.sockio import connect
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.addressing import Endpoint, endpoint_of, inbound_refusal, outbound_refusal
 from inmesh.ztunnel.mesh import Mesh
@@ -237,7 +238,7 @@ class PodProxy:
             upstream = await self._sockets.transparent_upstream(src_ip, dst)
         try:
             async with asyncio.timeout(self._settings.connect_timeout):
-                await asyncio.get_running_loop().sock_connect(upstream, dst)
+                await connect(upstream, (dst.ip, dst.port))
         except BaseException:
             upstream.close()
             raise

@@ -33,6 +33,7 @@ from inmesh.hbone import (
     traceparent,
 )
 from inmesh.identity import SpiffeId
+from inmesh.sockio import connect
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.addressing import Endpoint, endpoint_of
 from inmesh.ztunnel.mesh import Mesh
@@ -160,7 +161,7 @@ class PodTunnels:
             upstream = await self._sockets.transparent_upstream(request.peer_addr.ip, target)
             try:
                 async with asyncio.timeout(self._settings.connect_timeout):
-                    await asyncio.get_running_loop().sock_connect(upstream, target)
+                    await connect(upstream, (target.ip, target.port))
             except BaseException:
                 upstream.close()
                 raise

@@ -2,19 +2,24 @@
 
     .venv/bin/python -m tests.unit.hbone.bench_hbone [MiB]
     .venv/bin/python -m tests.unit.hbone.bench_hbone rr [COUNT]
+    .venv/bin/python -m tests.unit.hbone.bench_hbone conn [COUNT]
 
 The server process runs `serve_hbone` and a sink/source app; the client process opens one
 tunnel through an `HbonePool` and pushes MiB up (the app counts them), then pulls MiB down.
 Both print MB per CPU second of each process too. ``rr`` instead sends COUNT 1-byte messages
 through the tunnel to an echo app, one at a time, and prints the median round trip and the CPU
-both processes spent per round trip. Not a test: numbers depend on the machine and its load.
+both processes spent per round trip. ``conn`` opens COUNT tunnels one after the other over the
+pooled connection (CONNECT, 1 byte each way, both ends close) and prints the median tunnel time
+and the CPU per tunnel. ``PROFILE=path`` (``PROFILE_SERVER=path``) writes a cProfile of the client (server) process. Not a test: numbers depend on the machine and its load.
 """
 
 from __future__ import annotations
 
 import asyncio
+import cProfile
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import time
@@ -82,6 +87,17 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
 
 
 def _serve(pki: Pki, ready: multiprocessing.connection.Connection) -> None:
+    profile = os.environ.get("PROFILE_SERVER")
+    if profile:
+        profiler = cProfile.Profile()
+
+        def dump(*_: object) -> None:
+            profiler.disable()
+            profiler.dump_stats(profile)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, dump)
+        profiler.enable()
     uvloop.run(_server(pki, ready))
 
 
@@ -147,19 +163,53 @@ async def _client_rr(pki: Pki, ports: tuple[int, int, int, int], count: int) -> 
               f"server {(scpu1 - scpu0) / count * 1e6:.1f} us")
 
 
+async def _client_conn(pki: Pki, ports: tuple[int, int, int, int], count: int) -> None:
+    hb_port, _, echo_port, cpu_port = ports
+    async with pool() as p:
+        key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, Target(LOCAL_IP, hb_port))
+        ctx = pki.client_ctx()  # ztunnel keeps one per identity, too
+        times = []
+        for i in range(count + count // 10):
+            if i == count // 10:  # after a warm-up tenth
+                cpu0, scpu0 = time.process_time(), _server_cpu(cpu_port)
+            t0 = time.perf_counter_ns()
+            stream = await p.open(key, plain_socket, ctx, [SERVER_ID],
+                                  Target(LOCAL_IP, echo_port))
+            await stream.write(b"x")
+            data = await stream.read()
+            stream.acknowledge(len(data))
+            stream.close_write()
+            assert await stream.read() == b""
+            times.append(time.perf_counter_ns() - t0)
+        cpu1, scpu1 = time.process_time(), _server_cpu(cpu_port)
+        timed = sorted(times[count // 10:])
+        print(f"conn {count}: p50 {timed[len(timed) // 2] / 1e3:.1f} us; CPU per tunnel: "
+              f"client {(cpu1 - cpu0) / count * 1e6:.1f} us, "
+              f"server {(scpu1 - scpu0) / count * 1e6:.1f} us")
+
+
 def main() -> None:
-    rr = sys.argv[1:2] == ["rr"]
-    args = sys.argv[2:] if rr else sys.argv[1:]
+    mode = sys.argv[1] if sys.argv[1:2] in (["rr"], ["conn"]) else "bulk"
+    args = sys.argv[2:] if mode != "bulk" else sys.argv[1:]
     pki = Pki.create()
     parent, child = multiprocessing.Pipe()
     server = multiprocessing.Process(target=_serve, args=(pki, child), daemon=True)
     server.start()
     try:
         ports = parent.recv()
-        if rr:
+        profile = os.environ.get("PROFILE")
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        if mode == "rr":
             uvloop.run(_client_rr(pki, ports, int(args[0] if args else "20000")))
+        elif mode == "conn":
+            uvloop.run(_client_conn(pki, ports, int(args[0] if args else "2000")))
         else:
             uvloop.run(_client(pki, ports, int(args[0] if args else "512") << 20))
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
     finally:
         server.terminate()
         server.join()
