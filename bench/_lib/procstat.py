@@ -31,6 +31,33 @@ def process_cpu_s(pid: int) -> float | None:
     return (utime + stime) / CLK_TCK
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (ztunnel and its inbound workers), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return out
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its descendants; None if ``pid`` is gone."""
+    own = process_cpu_s(pid)
+    if own is None:
+        return None
+    return own + sum(process_cpu_s(child) or 0.0 for child in family(pid)[1:])
+
+
 def machine_jiffies() -> list[int]:
     """user, nice, system, idle, iowait, irq, softirq, steal jiffies summed over all CPUs."""
     with open("/proc/stat") as f:
@@ -45,7 +72,8 @@ _IDLE, _IOWAIT, _SOFTIRQ, _STEAL = 3, 4, 6, 7
 class CpuUse:
     wall_s: float
     proxy_pct: float | None
-    """The proxy's CPU over the window, in % of one core (None if it could not be read).
+    """The proxy's CPU over the window (with its worker processes), in % of one core (None if
+    it could not be read).
     Its own user + system time: packet processing the kernel does in softirq context on its
     behalf is not in it (see `softirq_pct`)."""
     machine_pct: float
@@ -71,21 +99,21 @@ class CpuWindow:
 
     def __enter__(self) -> CpuWindow:
         self._t0 = time.monotonic()
-        self._p0 = process_cpu_s(self.pid) if self.pid else None
-        self._a0 = [process_cpu_s(p) for p in self.also]
+        self._p0 = tree_cpu_s(self.pid) if self.pid else None
+        self._a0 = [tree_cpu_s(p) for p in self.also]
         self._m0 = machine_jiffies()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = max(time.monotonic() - self._t0, 1e-9)
-        p1 = process_cpu_s(self.pid) if self.pid else None
+        p1 = tree_cpu_s(self.pid) if self.pid else None
         d = [b - a for a, b in zip(self._m0, machine_jiffies(), strict=True)]
         total = max(sum(d), 1)
         busy = total - d[_IDLE] - d[_IOWAIT]
         proxy = None if self._p0 is None or p1 is None else (p1 - self._p0) / wall * 100
         also = tuple(
             None if a0 is None or a1 is None else (a1 - a0) / wall * 100
-            for a0, a1 in zip(self._a0, [process_cpu_s(p) for p in self.also], strict=True)
+            for a0, a1 in zip(self._a0, [tree_cpu_s(p) for p in self.also], strict=True)
         )
         machine, softirq, steal = (busy / total * 100, d[_SOFTIRQ] / total * 100,
                                    d[_STEAL] / total * 100)  # fmt: skip
@@ -110,14 +138,15 @@ def listening_ports(pid: int) -> set[int]:
 
 @contextlib.contextmanager
 def pinned(pid: int | None, cpus: set[int]) -> Iterator[None]:
-    """Pin every thread of ``pid`` to ``cpus`` for the block, then restore each thread's mask.
+    """Pin every thread of ``pid`` and of its descendants (a proxy's workers) to ``cpus`` for
+    the block, then restore each thread's mask.
 
     Threads that end meanwhile are skipped; a thread started during the block inherits the
     pinned mask from its creator and keeps it (the proxy starts none while relaying).
     """
     saved: dict[int, set[int]] = {}
     try:
-        for tid in _threads(pid):
+        for tid in [t for member in (family(pid) if pid else []) for t in _threads(member)]:
             with contextlib.suppress(ProcessLookupError):
                 saved[tid] = os.sched_getaffinity(tid)
                 os.sched_setaffinity(tid, cpus)
