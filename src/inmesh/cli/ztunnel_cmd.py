@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 
@@ -36,6 +37,10 @@ def ztunnel(
     trust_domain: str = typer.Option(
         "cluster.local", "--trust-domain",
         help="Trust domain of pods whose workload names none in xDS."),
+    inbound_workers: int | None = typer.Option(
+        None, "--inbound-workers", min=0, max=64,
+        help="Processes serving the pods' HBONE port 15008 beside ztunnel (with a control "
+             "plane only). Default: 1 if the machine has more than one CPU, else 0."),
 ) -> None:
     """Run ztunnel in the node's netns: a proxy inside every pod the agent hands over by ZDS."""
     from inmesh.ztunnel import app as ztunnel_app
@@ -64,6 +69,8 @@ def ztunnel(
             drain_deadline=drain_deadline,
             proxy=ProxySettings(connect_timeout=connect_timeout, listen_backlog=listen_backlog),
             mesh=mesh,
+            inbound_workers=(1 if (os.cpu_count() or 1) > 1 else 0)
+            if inbound_workers is None else inbound_workers,
         )
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -26,6 +26,7 @@ from inmesh.ztunnel.admin import AdminServers
 from inmesh.ztunnel.manager import WorkloadManager
 from inmesh.ztunnel.meshlink import MeshLink
 from inmesh.ztunnel.metrics import ZtunnelMetrics
+from inmesh.ztunnel.offload import InboundWorkers
 from inmesh.ztunnel.proxy import PodProxy
 from inmesh.ztunnel.settings import ZtunnelSettings
 
@@ -67,8 +68,18 @@ async def serve(settings: ZtunnelSettings, stop: asyncio.Event | None = None) ->
     link = MeshLink(settings.mesh, settings.node_name) if settings.mesh is not None else None
     mesh = link.mesh if link is not None else None
 
+    offload: InboundWorkers | None = None
+    if link is not None and settings.mesh is not None and settings.inbound_workers:
+        offload = InboundWorkers(
+            settings.inbound_workers, node=settings.node_name,
+            trust_domain=settings.mesh.trust_domain, proxy=settings.proxy,
+            hbone=settings.mesh.hbone, metrics=metrics, resources=link.table.resources,
+            certificates=link.certs.bundles)
+        link.table.add_apply_listener(offload.xds_applied)
+        link.certs.add_watcher(offload.cert_changed)
+
     def new_proxy(uid: str, info: WorkloadInfo, netns_fd: int) -> PodProxy:
-        return PodProxy(uid, info, netns_fd, settings.proxy, metrics, mesh)
+        return PodProxy(uid, info, netns_fd, settings.proxy, metrics, mesh, offload)
 
     def served_changed() -> None:
         if mesh is not None:
@@ -86,6 +97,8 @@ async def serve(settings: ZtunnelSettings, stop: asyncio.Event | None = None) ->
         if link is None or await _synced(link, stopped):
             if link is not None:
                 link.table.add_listener(served_changed)  # a pod's trust domain may change
+            if offload is not None:
+                offload.start()
             zds = loop.create_task(ZdsClient(settings.zds_socket, manager).run(),
                                    name="zds-client")
             log.info("ztunnel for node %s started (ZDS %s)", settings.node_name,
@@ -97,6 +110,8 @@ async def serve(settings: ZtunnelSettings, stop: asyncio.Event | None = None) ->
         stopped.cancel()
         await asyncio.gather(stopped, return_exceptions=True)
     status = await _shutdown(settings, zds, admin, manager)
+    if offload is not None:
+        await offload.close()
     if link is not None:
         await link.close()
     log.info("ztunnel stopped")

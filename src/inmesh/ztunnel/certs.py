@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,6 +199,24 @@ class CertManager:
         self._stopping: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self._settings.max_concurrent_fetches)
         self._closed = False
+        self._watchers: list[Callable[[SpiffeId, CertBundle | None], None]] = []
+
+    def add_watcher(self, callback: Callable[[SpiffeId, CertBundle | None], None]) -> None:
+        """Call ``callback(identity, bundle)`` whenever a certificate is issued or renewed,
+        and ``callback(identity, None)`` when an identity (and its key) is forgotten."""
+        self._watchers.append(callback)
+
+    def bundles(self) -> list[CertBundle]:
+        """The certificates held now that are still valid."""
+        now = self._clock.now()
+        return [b for e in self._entries.values() if (b := e.valid_bundle(now)) is not None]
+
+    def _tell(self, identity: SpiffeId, bundle: CertBundle | None) -> None:
+        for callback in self._watchers:
+            try:
+                callback(identity, bundle)
+            except Exception:  # a watcher's bug must not stop certificate renewal
+                log.exception("certificate watcher failed for %s", identity)
 
     async def __aenter__(self) -> CertManager:
         return self
@@ -284,6 +302,7 @@ class CertManager:
     def _forget(self, identity: SpiffeId, why: str) -> None:
         entry = self._entries.pop(identity)
         entry.bundle = None  # the key goes with it
+        self._tell(identity, None)
         if entry.worker is not None:
             entry.worker.cancel()
             self._stopping.add(entry.worker)
@@ -305,6 +324,7 @@ class CertManager:
                     log.exception("unexpected error fetching a certificate for %s", entry.identity)
             else:
                 failures, entry.last_error = 0, None
+                self._tell(entry.identity, entry.bundle)
             finally:
                 entry.fetching = False
             self._settle_waiters(entry)

@@ -11,7 +11,7 @@ bytes, ``sent`` = server → client (response) bytes. They are counted when a co
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -87,6 +87,14 @@ def connection_labels(reporter: str, source: PeerLabels, destination: PeerLabels
         destination_service=service,
         connection_security_policy=MUTUAL_TLS if mutual_tls else UNKNOWN,
     )
+
+
+class TrafficCounter(Protocol):
+    """Where connection events go: `ZtunnelMetrics`, or an inbound worker's link to it."""
+
+    def opened(self, labels: TrafficLabels) -> None: ...
+    def closed(self, labels: TrafficLabels, received: int, sent: int) -> None: ...
+    def failed(self, labels: TrafficLabels) -> None: ...
 
 
 class ZtunnelMetrics:

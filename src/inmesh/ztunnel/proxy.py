@@ -27,6 +27,7 @@ from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.addressing import Endpoint, endpoint_of, inbound_refusal, outbound_refusal
 from inmesh.ztunnel.mesh import Mesh
 from inmesh.ztunnel.metrics import PeerLabels, TrafficLabels, ZtunnelMetrics, connection_labels
+from inmesh.ztunnel.offload import InboundWorkers
 from inmesh.ztunnel.relay import Relay, reset_close
 from inmesh.ztunnel.routing import HboneRoute
 from inmesh.ztunnel.settings import ProxySettings
@@ -46,7 +47,8 @@ class PodProxy:
     ``mesh`` None: plaintext only (outbound passthrough, 15008 reset)."""
 
     def __init__(self, uid: str, info: WorkloadInfo, netns_fd: int, settings: ProxySettings,
-                 metrics: ZtunnelMetrics, mesh: Mesh | None = None) -> None:
+                 metrics: ZtunnelMetrics, mesh: Mesh | None = None,
+                 offload: InboundWorkers | None = None) -> None:
         self.uid = uid
         self.info = info
         self.label = f"{info.namespace}/{info.name}"
@@ -54,6 +56,9 @@ class PodProxy:
         self._settings = settings
         self._metrics = metrics
         self._mesh = mesh
+        self._offload = offload if mesh is not None else None
+        self._hbone_listener: socket.socket | None = None
+        self._hbone_local = True  # ztunnel accepts on 15008 itself (no worker has it)
         self._sockets: PodSockets | None = None
         self._tunnels: PodTunnels | None = None
         self._listeners: dict[socket.socket, Handler] = {}
@@ -72,15 +77,20 @@ class PodProxy:
         except BaseException:
             self._sockets.close()
             raise
+        offload = self._offload
         if self._mesh is not None:
-            self._tunnels = PodTunnels(self.label, self.info, self._mesh, self._sockets,
-                                       self._settings, self._metrics)
+            self._tunnels = PodTunnels(
+                self.label, self.info, self._mesh, self._sockets, self._settings, self._metrics,
+                None if offload is None else lambda: offload.inbound_streams(self.uid))
             self._mesh.register_debug(self.uid, self._tunnels.dump)
         loop = asyncio.get_running_loop()
         handlers = (self._outbound, self._inbound, self._hbone)
         for sock, handler in zip(socks, handlers, strict=True):
             self._listeners[sock] = handler
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        self._hbone_listener = socks[2]
+        if offload is not None:
+            offload.offer(self.uid, self.info, socks[2], self._netns_fd, self._serve_hbone_here)
         log.info("pod %s (uid %s): proxy listening on %s", self.label, self.uid, LISTEN_PORTS)
 
     async def drain(self, deadline: float | None) -> None:
@@ -89,6 +99,10 @@ class PodProxy:
         if self._drained:
             return
         self._drained = True
+        withdrawn = None
+        if self._offload is not None:
+            withdrawn = asyncio.get_running_loop().create_task(
+                self._offload.withdraw(self.uid, deadline))
         self._close_listeners(accept_queued=deadline is not None)
         pending = set(self._conns)
         if pending and deadline is not None:
@@ -98,6 +112,8 @@ class PodProxy:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        if withdrawn is not None:
+            await withdrawn
         if self._tunnels is not None:
             await self._tunnels.close()
             assert self._mesh is not None
@@ -107,6 +123,19 @@ class PodProxy:
         log.info("pod %s (uid %s): proxy drained", self.label, self.uid)
 
     # -- accepting -----------------------------------------------------------------------
+
+    def _serve_hbone_here(self, local: bool) -> None:
+        """Whether ztunnel accepts on 15008 itself (no inbound worker has the pod)."""
+        listener = self._hbone_listener
+        if local == self._hbone_local or listener is None or listener not in self._listeners:
+            self._hbone_local = local
+            return
+        self._hbone_local = local
+        loop = asyncio.get_running_loop()
+        if local:
+            loop.add_reader(listener.fileno(), self._on_acceptable, listener)
+        else:
+            loop.remove_reader(listener.fileno())
 
     def _on_acceptable(self, listener: socket.socket) -> None:
         handler = self._listeners[listener]
@@ -128,7 +157,8 @@ class PodProxy:
         loop.remove_reader(listener.fileno())
 
         def resume() -> None:
-            if listener in self._listeners:
+            if listener in self._listeners and (listener is not self._hbone_listener
+                                                or self._hbone_local):
                 loop.add_reader(listener.fileno(), self._on_acceptable, listener)
 
         loop.call_later(_ACCEPT_PAUSE, resume)

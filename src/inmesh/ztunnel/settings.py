@@ -115,6 +115,10 @@ class ZtunnelSettings:
     """Per-pod proxy settings."""
     mesh: MeshSettings | None = None
     """Control plane and identity settings; None keeps every connection plaintext."""
+    inbound_workers: int = 0
+    """Worker processes that serve the pods' HBONE port 15008 (only with a mesh), so that one
+    tunnel's two ends run on two cores (`inmesh.ztunnel.offload`). 0: ztunnel serves it
+    itself. The command line defaults to 1 on machines with more than one CPU."""
 
     def __post_init__(self) -> None:
         if not self.node_name:
@@ -127,6 +131,8 @@ class ZtunnelSettings:
         _positive("admin_bind_retry", self.admin_bind_retry)
         _positive("http_request_timeout", self.http_request_timeout)
         _positive("http_max_head", self.http_max_head)
+        if not 0 <= self.inbound_workers <= 64:
+            raise ConfigError(f"inbound_workers must be 0..64, got {self.inbound_workers}")
 
     @staticmethod
     def addr(text: str) -> HostPort:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -39,8 +40,8 @@ from inmesh.ztunnel.addressing import Endpoint, endpoint_of
 from inmesh.ztunnel.mesh import Mesh
 from inmesh.ztunnel.metrics import (
     PeerLabels,
+    TrafficCounter,
     TrafficLabels,
-    ZtunnelMetrics,
     connection_labels,
 )
 from inmesh.ztunnel.relay import reset_close
@@ -69,18 +70,22 @@ class PodTunnels:
     """The HBONE side of one pod's proxy. `close` ends its pooled outbound connections."""
 
     def __init__(self, label: str, info: WorkloadInfo, mesh: Mesh, sockets: TunnelSockets,
-                 settings: ProxySettings, metrics: ZtunnelMetrics) -> None:
+                 settings: ProxySettings, metrics: TrafficCounter,
+                 inbound_elsewhere: Callable[[], int] | None = None) -> None:
         self._label, self._info, self._mesh = label, info, mesh
         self._sockets, self._settings, self._metrics = sockets, settings, metrics
         self.pool = HbonePool(mesh.hbone)
         self._opened: dict[ConnectRequest, TrafficLabels] = {}
+        self._inbound_elsewhere = inbound_elsewhere
+        """Inbound streams this pod's workers serve (`inmesh.ztunnel.offload`), for the dump."""
 
     async def close(self) -> None:
         await self.pool.close()
 
     def dump(self) -> dict[str, Any]:
         return {"dials": self.pool.dials, "connections": self.pool.connections(),
-                "inboundStreams": len(self._opened)}
+                "inboundStreams": len(self._opened) + (
+                    self._inbound_elsewhere() if self._inbound_elsewhere is not None else 0)}
 
     # -- outbound --------------------------------------------------------------------------
 

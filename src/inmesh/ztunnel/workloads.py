@@ -167,6 +167,8 @@ class WorkloadTable:
         self._by_ip: dict[str, set[str]] = {}
         self._by_pod: dict[tuple[str, str, str], set[str]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._raw: dict[str, bytes] = {}
+        self._appliers: list[Callable[[Mapping[str, bytes], Collection[str]], None]] = []
         self.generation = 0
         """Incremented by every applied update."""
 
@@ -176,6 +178,17 @@ class WorkloadTable:
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (synchronously, no arguments) after every applied update."""
         self._listeners.append(callback)
+
+    def add_apply_listener(
+            self, callback: Callable[[Mapping[str, bytes], Collection[str]], None]) -> None:
+        """Call ``callback(added, removed)`` with every update applied (to mirror the table
+        elsewhere: see `resources`)."""
+        self._appliers.append(callback)
+
+    def resources(self) -> dict[str, bytes]:
+        """Every resource applied so far, serialized as received: applying them to an empty
+        table gives this table."""
+        return dict(self._raw)
 
     def apply(self, added: Mapping[str, bytes], removed: Collection[str]) -> None:
         """Apply one xDS response: `added` maps resource names to serialized `Address`es.
@@ -193,7 +206,12 @@ class WorkloadTable:
             for ip in entry.ips:
                 self._by_ip.setdefault(ip, set()).add(name)
             self._by_pod.setdefault(_pod_key(entry), set()).add(name)
+        for name in removed:
+            self._raw.pop(name, None)
+        self._raw.update(added)
         self.generation += 1
+        for applier in self._appliers:
+            applier(added, removed)
         for callback in self._listeners:
             callback()
 
