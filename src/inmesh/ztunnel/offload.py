@@ -227,7 +227,8 @@ class InboundWorkers:
                 self._hand_over(worker, pod)
                 pod.local(False)
         elif kind == "traffic":
-            self._count(message)
+            for event in message["events"]:
+                self._count(event)
         elif kind == "drained":
             done = worker.drained.pop(message["uid"], None)
             if done is not None and not done.done():

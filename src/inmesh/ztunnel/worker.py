@@ -86,19 +86,39 @@ class PushedCerts:
 
 
 class _Reporter:
-    """A pod's connection events, sent to ztunnel (a `TrafficCounter`)."""
+    """Connection events for ztunnel's metrics, sent once per loop iteration in one record
+    (not one per event: under load ztunnel would spend its time reading them)."""
 
-    def __init__(self, channel: Channel, uid: str) -> None:
-        self._channel, self._uid = channel, uid
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._events: list[dict[str, Any]] = []
+        self._loop = asyncio.get_running_loop()
+
+    def add(self, event: dict[str, Any]) -> None:
+        if not self._events:
+            self._loop.call_soon(self._flush)
+        self._events.append(event)
+
+    def _flush(self) -> None:
+        events, self._events = self._events, []
+        for record in wp.traffic(events):
+            self._channel.send(record)
+
+
+class _PodCounter:
+    """A pod's connection events (a `TrafficCounter` for its `PodTunnels`)."""
+
+    def __init__(self, reporter: _Reporter, uid: str) -> None:
+        self._reporter, self._uid = reporter, uid
 
     def opened(self, labels: TrafficLabels) -> None:
-        self._channel.send(wp.traffic("opened", self._uid, labels))
+        self._reporter.add(wp.event("opened", self._uid, labels))
 
     def closed(self, labels: TrafficLabels, received: int, sent: int) -> None:
-        self._channel.send(wp.traffic("closed", self._uid, labels, received, sent))
+        self._reporter.add(wp.event("closed", self._uid, labels, received, sent))
 
     def failed(self, labels: TrafficLabels) -> None:
-        self._channel.send(wp.traffic("failed", self._uid, labels))
+        self._reporter.add(wp.event("failed", self._uid, labels))
 
 
 class _Pod:
@@ -110,7 +130,7 @@ class _Pod:
         self.label = f"{info.namespace}/{info.name}"
         self.sockets = PodSockets(netns_fd, worker.proxy, self.label)
         self.tunnels = PodTunnels(self.label, info, worker.mesh, self.sockets, worker.proxy,
-                                  _Reporter(worker.channel, uid))
+                                  _PodCounter(worker.reporter, uid))
         self.conns: set[asyncio.Task[None]] = set()
         self.accepting = True
 
@@ -127,6 +147,7 @@ class Worker:
         self.mesh = Mesh(self.table, self.certs, node=node, trust_domain=trust_domain,
                          hbone=hbone)
         self.pods: dict[str, _Pod] = {}
+        self.reporter = _Reporter(channel)
         self._loop = asyncio.get_running_loop()
 
     async def run(self) -> None:

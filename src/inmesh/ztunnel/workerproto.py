@@ -124,9 +124,27 @@ def bundle_of(message: Message) -> CertBundle:
                       not_after=datetime.fromisoformat(message["not_after"]))
 
 
-def traffic(op: str, uid: str, labels: TrafficLabels, received: int = 0, sent: int = 0) -> bytes:
-    return encode("traffic", op=op, uid=uid, labels=asdict(labels), received=received,
-                  sent=sent)
+def event(op: str, uid: str, labels: TrafficLabels, received: int = 0,
+          sent: int = 0) -> dict[str, Any]:
+    """One connection event (``opened``, ``closed``, ``failed``) of pod ``uid``."""
+    return {"op": op, "uid": uid, "labels": asdict(labels), "received": received, "sent": sent}
+
+
+def traffic(events: list[dict[str, Any]]) -> list[bytes]:
+    """Events as few records as fit (a worker sends what one loop iteration produced)."""
+    out: list[bytes] = []
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for item in events:
+        cost = 400 + sum(len(v) for v in item["labels"].values())
+        if batch and size + cost > MAX_MESSAGE // 2:
+            out.append(encode("traffic", events=batch))
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    if batch:
+        out.append(encode("traffic", events=batch))
+    return out
 
 
 def labels_of(message: Message) -> TrafficLabels:

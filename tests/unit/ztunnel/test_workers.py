@@ -52,10 +52,14 @@ def test_settings_travel_with_hello() -> None:
 def test_traffic_events_keep_every_label() -> None:
     labels = TrafficLabels(reporter="destination", source_workload="web",
                            connection_security_policy="mutual_tls", response_flags="CONNECT")
-    message = wp.decode(wp.traffic("closed", "uid-1", labels, 10, 20))
-    assert wp.labels_of(message) == labels
-    assert (message["op"], message["uid"], message["received"], message["sent"]) == (
-        "closed", "uid-1", 10, 20)
+    events = [wp.event("closed", f"uid-{i}", labels, i, 20) for i in range(500)]
+    records = wp.traffic(events)
+    assert len(records) > 1  # split to fit
+    got = [e for r in records for e in wp.decode(r)["events"]]
+    assert got == events
+    assert wp.labels_of(got[7]) == labels
+    assert (got[7]["op"], got[7]["uid"], got[7]["received"], got[7]["sent"]) == (
+        "closed", "uid-7", 7, 20)
 
 
 def test_pod_info_survives() -> None:
