@@ -9,6 +9,7 @@ gets SO_MARK (so the in-pod rules let its packets through) and TCP_NODELAY.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import socket
@@ -73,12 +74,21 @@ class PodSockets:
 
     ``netns_fd`` is borrowed (the worker keeps its own duplicate). ``label`` names the pod in
     errors and thread names. `close` ends the thread; sockets already made stay valid.
+
+    A socket belongs to the netns it was created in, and only ``socket()`` itself must run
+    there: upstream sockets are taken from a few spares the thread made ahead (in batches,
+    per address family) and configured on the caller's thread, so a connection does not wait
+    for a thread hand-off.
     """
 
     def __init__(self, netns_fd: int, settings: ProxySettings, label: str) -> None:
         self._settings = settings
         self._label = label
         self._worker = NetnsWorker(netns_fd, name=f"pod-{label}")
+        self._spares: dict[int, collections.deque[socket.socket]] = {}
+        self._refilling: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def _call(self, fn: Callable[[], T]) -> T:
         fut = self._worker.submit(fn)
@@ -95,16 +105,60 @@ class PodSockets:
 
     async def upstream(self, dst: Endpoint) -> socket.socket:
         """A marked, unconnected socket for ``dst``; its source will be the pod's own IP."""
-        return await self._call(lambda: make_upstream(dst, self._settings, self._label))
+        return prepare_upstream(await self._spare(dst), dst, self._settings, self._label)
 
     async def transparent_upstream(self, src_ip: str, dst: Endpoint) -> socket.socket:
         """A marked socket bound to ``src_ip`` (not a local address) with IP_TRANSPARENT and
         IP_FREEBIND, so the app at ``dst`` sees the original client as its peer."""
-        return await self._call(
-            lambda: make_transparent(src_ip, dst, self._settings, self._label))
+        return prepare_transparent(await self._spare(dst), src_ip, dst, self._settings,
+                                   self._label)
+
+    async def _spare(self, dst: Endpoint) -> socket.socket:
+        family = socket.AF_INET6 if dst.is_v6 else socket.AF_INET
+        spares = self._spares.setdefault(family, collections.deque())
+        if not spares:
+            made = await self._call(lambda: new_sockets(family, SPARE_BATCH, self._label))
+            if self._closed:
+                for sock in made:
+                    sock.close()
+                raise _error(self._label, "pod sockets closed", OSError(errno.EBADF, "closed"))
+            spares.extend(made)
+        sock = spares.popleft()
+        if len(spares) < SPARE_LOW and family not in self._refilling:
+            self._refilling.add(family)
+            task = asyncio.get_running_loop().create_task(self._refill(family))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return sock
+
+    async def _refill(self, family: int) -> None:
+        try:
+            made = await self._call(lambda: new_sockets(family, SPARE_BATCH, self._label))
+        except KernelError as exc:  # the next connection asks again, and fails if it must
+            log.debug("%s", exc)
+            return
+        finally:
+            self._refilling.discard(family)
+        if self._closed:
+            for sock in made:
+                sock.close()
+            return
+        self._spares.setdefault(family, collections.deque()).extend(made)
 
     def close(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
         self._worker.close()
+        for spares in self._spares.values():
+            while spares:
+                spares.popleft().close()
+
+
+SPARE_BATCH = 8
+"""Sockets a pod's netns thread makes at a time, per address family."""
+SPARE_LOW = 3
+"""Spares left when the next batch is made, in the background."""
 
 
 # -- run on the worker thread, inside the pod netns -----------------------------------------
@@ -156,9 +210,22 @@ def _bind_listener(family: int, host: str, port: int, settings: ProxySettings) -
     return sock
 
 
-def make_upstream(dst: Endpoint, settings: ProxySettings, label: str) -> socket.socket:
-    """A marked, tuned, unconnected socket of the family of ``dst``."""
-    sock = socket.socket(socket.AF_INET6 if dst.is_v6 else socket.AF_INET, socket.SOCK_STREAM)
+def new_sockets(family: int, count: int, label: str) -> list[socket.socket]:
+    """``count`` TCP sockets of ``family``, created in the calling thread's netns."""
+    made: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            made.append(socket.socket(family, socket.SOCK_STREAM))
+    except OSError as exc:
+        for sock in made:
+            sock.close()
+        raise _error(label, "cannot create upstream sockets", exc) from exc
+    return made
+
+
+def prepare_upstream(sock: socket.socket, dst: Endpoint, settings: ProxySettings,
+                     label: str) -> socket.socket:
+    """Mark and tune ``sock`` (made in the pod netns) for ``dst``; closed on failure."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, settings.packet_mark)
         tune_stream(sock, settings)
@@ -168,10 +235,10 @@ def make_upstream(dst: Endpoint, settings: ProxySettings, label: str) -> socket.
     return sock
 
 
-def make_transparent(src_ip: str, dst: Endpoint, settings: ProxySettings,
-                     label: str) -> socket.socket:
-    """`make_upstream`, then bound to the non-local ``src_ip`` ("freebind connect")."""
-    sock = make_upstream(dst, settings, label)
+def prepare_transparent(sock: socket.socket, src_ip: str, dst: Endpoint,
+                        settings: ProxySettings, label: str) -> socket.socket:
+    """`prepare_upstream`, then bound to the non-local ``src_ip`` ("freebind connect")."""
+    sock = prepare_upstream(sock, dst, settings, label)
     if src_ip == dst.ip:
         return sock  # spoofing our own address is pointless (and would confuse routing)
     try:
