@@ -35,11 +35,26 @@ def test_flags_become_settings_and_the_exit_status_is_run_s(
     assert (s.proxy.connect_timeout, s.proxy.listen_backlog) == (2.5, 512)
 
 
+@pytest.mark.parametrize(("cpus", "flag", "expected"), [
+    (2, [], 1), (1, [], 0), (None, [], 0), (8, ["--inbound-workers", "0"], 0),
+    (1, ["--inbound-workers", "3"], 3)])
+def test_inbound_workers_default_to_one_on_multi_cpu_machines(
+        cpus: int | None, flag: list[str], expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ZtunnelSettings] = []
+    monkeypatch.setattr(ztunnel_app, "run", lambda s: seen.append(s) or 0)
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    result = CliRunner().invoke(app, ["ztunnel", "--node", "n", "--zds-socket", "/z", *flag])
+    assert result.exit_code == 0, result.output
+    assert seen[0].inbound_workers == expected
+
+
 @pytest.mark.parametrize("args", [
     ["--admin-addr", "localhost:1"],
     ["--drain-deadline", "-1"],
     ["--listen-backlog", "0"],
     ["--log-level", "loud"],
+    ["--inbound-workers", "-1"],
+    ["--inbound-workers", "65"],
 ])
 def test_bad_flags_exit_2_without_running(args: list[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
