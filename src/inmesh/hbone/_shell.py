@@ -185,8 +185,10 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         return self._verify(ssl_object)
 
     def _settle(self, stream_id: int) -> None:
-        """Drop a stream the core has finished with, then send what is pending."""
-        if not self.core.has_stream(stream_id):
+        """Drop a stream the core has finished with, then send what is pending. Once the
+        connection has ended the core knows no stream: they are failed (`_on_ended`), not
+        dropped, or a stream whose END_STREAM came with the GOAWAY would look alive."""
+        if not self.core.has_stream(stream_id) and not self.core.ended:
             self._forget(stream_id)
         self._flush()
 

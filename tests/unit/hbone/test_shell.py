@@ -1,0 +1,78 @@
+"""`H2Shell` driven directly (a fake transport, a client core on the other side): how core
+events that arrive together become stream states."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from inmesh.hbone._shell import H2Shell
+from inmesh.hbone.errors import StreamResetError
+from inmesh.hbone.headers import Target
+from inmesh.hbone.protocol import ClientConnection, ServerConnection
+from inmesh.hbone.settings import HboneSettings
+from inmesh.hbone.stream import HboneStream
+
+from .helpers import CLIENT_ID, run
+
+POD = "10.0.0.1"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def writelines(self, chunks: list[Any]) -> None:
+        for chunk in chunks:
+            self.written += chunk
+
+    def take(self) -> bytes:
+        data, self.written = bytes(self.written), bytearray()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def test_end_stream_and_goaway_in_one_read_fail_the_stream() -> None:
+    """The client half-closes and hangs up at once: the server's stream must break (its relay
+    resets the app side), not look alive with its connection gone (close_write would raise)."""
+
+    async def main() -> None:
+        settings = HboneSettings()
+        loop = asyncio.get_running_loop()
+        accepted: list[HboneStream] = []
+        shell = H2Shell(ServerConnection(settings, loop.time(), [POD]), lambda _: CLIENT_ID,
+                        "test", accepted.append)
+        transport = FakeTransport()
+        shell._transport = transport  # type: ignore[assignment]
+        shell.identity = CLIENT_ID
+        client = ClientConnection(settings, loop.time())
+        sid = client.open_stream(Target(POD, 8080))
+        shell.data_received(client.data_to_send())
+        [stream] = accepted
+        shell.accept(stream)
+        client.receive(transport.take())
+
+        client.end_stream(sid)
+        client.close()
+        shell.data_received(client.data_to_send())  # END_STREAM and GOAWAY in one read
+
+        assert stream.error is not None
+        stream.close_write()  # a no-op now, not LocalProtocolError
+        with pytest.raises(StreamResetError):
+            await stream.read()
+
+    run(main())
