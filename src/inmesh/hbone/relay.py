@@ -42,6 +42,41 @@ class _SocketBroke(Exception):
     """The plain socket failed (reset, timeout); the stream must be reset in turn."""
 
 
+class _Readable:
+    """Read readiness of one socket without re-registering it for every read.
+
+    ``loop.sock_recv`` registers the socket with the event loop and removes it again for
+    every call (two epoll_ctl calls and a poll handle per message on uvloop). Here the
+    registration stays while the reader keeps waiting; it is dropped only when the socket
+    turns readable while nobody waits (the loop would otherwise call back on every turn)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self._loop, self._fd = loop, fd
+        self._waiter: asyncio.Future[None] | None = None
+        self._registered = False
+
+    async def wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        if not self._registered:
+            self._loop.add_reader(self._fd, self._ready)
+            self._registered = True
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _ready(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        elif self._waiter is None:
+            self.close()
+
+    def close(self) -> None:
+        if self._registered:
+            self._loop.remove_reader(self._fd)
+            self._registered = False
+
+
 class _Pump:
     def __init__(self, sock: socket.socket, stream: HboneStream, chunk: int) -> None:
         self.sock, self.stream, self.chunk = sock, stream, chunk
@@ -53,20 +88,27 @@ class _Pump:
         # size, and a big allocation is an mmap/mremap/munmap each time (glibc), which small
         # messages would pay for nothing.
         size = min(_FIRST_READ, self.chunk)
-        while True:
-            try:
-                data = await self.loop.sock_recv(self.sock, size)
-            except OSError as exc:
-                raise _SocketBroke(f"reading the socket: {exc.strerror or exc}") from exc
-            if not data:
-                self.stream.close_write()
-                return
-            if len(data) == size:
-                size = min(size * 4, self.chunk)
-            elif len(data) < _FIRST_READ:
-                size = min(_FIRST_READ, self.chunk)
-            await self.stream.write(data)
-            self.up += len(data)
+        readable = _Readable(self.loop, self.sock.fileno())
+        try:
+            while True:
+                try:
+                    data = self.sock.recv(size)
+                except (BlockingIOError, InterruptedError):
+                    await readable.wait()
+                    continue
+                except OSError as exc:
+                    raise _SocketBroke(f"reading the socket: {exc.strerror or exc}") from exc
+                if not data:
+                    self.stream.close_write()
+                    return
+                if len(data) == size:
+                    size = min(size * 4, self.chunk)
+                elif len(data) < _FIRST_READ:
+                    size = min(_FIRST_READ, self.chunk)
+                await self.stream.write(data)
+                self.up += len(data)
+        finally:
+            readable.close()
 
     async def stream_to_sock(self) -> None:
         while data := await self.stream.read():
