@@ -23,6 +23,7 @@ import uvloop
 from inmesh.zds.client import ZdsClient
 from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel.admin import AdminServers
+from inmesh.ztunnel.malloc import keep_buffers_on_heap
 from inmesh.ztunnel.manager import WorkloadManager
 from inmesh.ztunnel.meshlink import MeshLink
 from inmesh.ztunnel.metrics import ZtunnelMetrics
@@ -156,4 +157,5 @@ def _outcome(task: asyncio.Task[None]) -> object:
 
 def run(settings: ZtunnelSettings) -> int:
     """Run ztunnel on a uvloop event loop in the calling thread; return the exit status."""
+    keep_buffers_on_heap()
     return int(uvloop.run(serve(settings)))

@@ -31,6 +31,7 @@ from inmesh.zds.messages import WorkloadInfo
 from inmesh.ztunnel import workerproto as wp
 from inmesh.ztunnel.channel import Channel
 from inmesh.ztunnel.errors import CertUnavailable
+from inmesh.ztunnel.malloc import keep_buffers_on_heap
 from inmesh.ztunnel.mesh import Mesh
 from inmesh.ztunnel.metrics import TrafficLabels
 from inmesh.ztunnel.relay import reset_close
@@ -278,6 +279,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m inmesh.ztunnel.worker CHANNEL_FD (started by ztunnel)",
               file=sys.stderr)
         return 2
+    keep_buffers_on_heap()
     return uvloop.run(_main(int(argv[0])))
 
 

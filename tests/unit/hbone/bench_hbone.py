@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from inmesh.hbone import PoolKey, serve_hbone
+from inmesh.ztunnel.malloc import keep_buffers_on_heap
 
 from .helpers import CLIENT_ID, LOCAL_IP, SERVER_ID, Pki, Target, plain_socket, pool
 
@@ -87,6 +88,8 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
 
 
 def _serve(pki: Pki, ready: multiprocessing.connection.Connection) -> None:
+    if os.environ.get("MALLOPT"):
+        keep_buffers_on_heap()
     profile = os.environ.get("PROFILE_SERVER")
     if profile:
         profiler = cProfile.Profile()
@@ -197,6 +200,8 @@ def main() -> None:
     server.start()
     try:
         ports = parent.recv()
+        if os.environ.get("MALLOPT"):
+            keep_buffers_on_heap()
         profile = os.environ.get("PROFILE")
         profiler = cProfile.Profile() if profile else None
         if profiler is not None:
