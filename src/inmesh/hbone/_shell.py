@@ -63,6 +63,8 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         self._timer_at: float | None = None
         self._close_guard: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        self._applying = 0  # inside `_handle`
+        self._acked_in_batch: list[int] = []
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -155,6 +157,11 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.core.acknowledge(stream_id, size)
+        if self._applying:
+            # Delivered while its own batch of events is being applied (a stream's sink): the
+            # stream may finish here, but a PeerEnded for it can still be in the batch.
+            self._acked_in_batch.append(stream_id)
+            return
         # Usually h2 only counts the credit (WINDOW_UPDATE comes at half a window) and the
         # stream stays: nothing to send, no timer to move.
         if self.core.has_output or not self.core.has_stream(stream_id):
@@ -196,8 +203,17 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         self._streams.pop(stream_id, None)
 
     def _handle(self, events: Iterable[ev.Event]) -> None:
-        for event in events:
-            self._apply(event)
+        self._applying += 1
+        try:
+            for event in events:
+                self._apply(event)
+        finally:
+            self._applying -= 1
+        if not self._applying and self._acked_in_batch:
+            acked, self._acked_in_batch = self._acked_in_batch, []
+            for stream_id in acked:
+                if not self.core.has_stream(stream_id) and not self.core.ended:
+                    self._forget(stream_id)
         self._flush()
 
     def _apply(self, event: ev.Event) -> None:

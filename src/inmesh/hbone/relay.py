@@ -110,6 +110,19 @@ class _Pump:
         finally:
             readable.close()
 
+    def deliver_now(self, data: bytes) -> int:
+        """The stream's sink (`HboneStream.set_sink`): what the socket takes at once is
+        delivered and acknowledged here; an error leaves the bytes to `stream_to_sock`,
+        whose own write then reports it."""
+        try:
+            sent = self.sock.send(data)
+        except OSError:
+            return 0
+        if sent:
+            self.stream.acknowledge(sent)
+            self.down += sent
+        return sent
+
     async def stream_to_sock(self) -> None:
         while data := await self.stream.read():
             try:
@@ -130,13 +143,16 @@ async def relay_socket_stream(sock: socket.socket, stream: HboneStream,
     sock.setblocking(False)
     pump = _Pump(sock, stream, chunk)
     tasks = [asyncio.create_task(pump.sock_to_stream()), asyncio.create_task(pump.stream_to_sock())]
+    stream.set_sink(pump.deliver_now)
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     except asyncio.CancelledError:
+        stream.set_sink(None)
         await _stop(tasks)
         stream.reset(ErrorCodes.CANCEL, "relay cancelled")
         reset_close(sock)
         raise
+    stream.set_sink(None)
     await _stop(tasks)
     failure = next((t.exception() for t in tasks if not t.cancelled() and t.exception()), None)
     if failure is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Protocol
 
 from h2.errors import ErrorCodes
@@ -60,6 +61,14 @@ class HboneStream:
         self._loop = asyncio.get_running_loop()
         # Client side: the CONNECT's status, or the exception that prevented one.
         self._answer: asyncio.Future[int] = self._loop.create_future()
+        self._sink: Callable[[bytes], int] | None = None
+
+    def set_sink(self, sink: Callable[[bytes], int] | None) -> None:
+        """Deliver arriving bytes through ``sink`` while the reader waits in `read` with
+        nothing queued: ``sink(data)`` writes without blocking, acknowledges and returns what
+        it wrote (0 on any error); the rest is queued for `read` as usual. This saves the
+        reader a wake-up per message; order and backpressure are unchanged."""
+        self._sink = sink
 
     @property
     def peer_identity(self) -> SpiffeId:
@@ -140,6 +149,11 @@ class HboneStream:
             self._answer.set_result(status)
 
     def received(self, data: bytes) -> None:
+        if self._sink is not None and self._reader is not None and not self._chunks:
+            sent = self._sink(data)
+            if sent == len(data):
+                return
+            data = data[sent:]
         self._chunks.append(data)
         self._wake_reader()
 

@@ -76,3 +76,46 @@ def test_end_stream_and_goaway_in_one_read_fail_the_stream() -> None:
             await stream.read()
 
     run(main())
+
+
+def test_data_delivered_by_a_sink_and_end_stream_in_one_read_still_end_the_stream() -> None:
+    """The sink acknowledges while the batch is applied, which finishes the stream in the
+    core; the END_STREAM later in the same batch must still reach the waiting reader."""
+
+    async def main() -> None:
+        settings = HboneSettings()
+        loop = asyncio.get_running_loop()
+        accepted: list[HboneStream] = []
+        shell = H2Shell(ServerConnection(settings, loop.time(), [POD]), lambda _: CLIENT_ID,
+                        "test", accepted.append)
+        transport = FakeTransport()
+        shell._transport = transport  # type: ignore[assignment]
+        shell.identity = CLIENT_ID
+        client = ClientConnection(settings, loop.time())
+        sid = client.open_stream(Target(POD, 8080))
+        shell.data_received(client.data_to_send())
+        [stream] = accepted
+        shell.accept(stream)
+        client.receive(transport.take())
+        stream.close_write()  # our side is done: the stream finishes once the peer's is
+        client.receive(transport.take())
+
+        delivered: list[bytes] = []
+
+        def sink(data: bytes) -> int:
+            delivered.append(data)
+            stream.acknowledge(len(data))
+            return len(data)
+
+        stream.set_sink(sink)
+        reader = asyncio.create_task(stream.read())
+        await asyncio.sleep(0)  # parked in read()
+        client.send(sid, b"late reply")
+        client.end_stream(sid)
+        shell.data_received(client.data_to_send())  # DATA and END_STREAM in one read
+
+        assert delivered == [b"late reply"]
+        async with asyncio.timeout(1):
+            assert await reader == b""  # the END_STREAM arrived
+
+    run(main())
