@@ -146,7 +146,7 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         self._forget(stream.stream_id)
         self._flush()
 
-    def send(self, stream_id: int, data: memoryview) -> int:
+    def send(self, stream_id: int, data: bytes | memoryview) -> int:
         taken = self.core.send(stream_id, data)
         self._flush()
         return taken

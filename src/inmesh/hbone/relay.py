@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import NamedTuple
 
 from h2.errors import ErrorCodes
@@ -48,10 +49,13 @@ class _Readable:
     ``loop.sock_recv`` registers the socket with the event loop and removes it again for
     every call (two epoll_ctl calls and a poll handle per message on uvloop). Here the
     registration stays while the reader keeps waiting; it is dropped only when the socket
-    turns readable while nobody waits (the loop would otherwise call back on every turn)."""
+    turns readable while nobody waits (the loop would otherwise call back on every turn).
+    While the reader waits, ``handle`` gets the first go at each readiness: True means it
+    dealt with it and the reader sleeps on."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self._loop, self._fd = loop, fd
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int,
+                 handle: Callable[[], bool]) -> None:
+        self._loop, self._fd, self._handle = loop, fd, handle
         self._waiter: asyncio.Future[None] | None = None
         self._registered = False
 
@@ -66,10 +70,10 @@ class _Readable:
             self._waiter = None
 
     def _ready(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        elif self._waiter is None:
+        if self._waiter is None:
             self.close()
+        elif not self._waiter.done() and not self._handle():
+            self._waiter.set_result(None)
 
     def close(self) -> None:
         if self._registered:
@@ -82,17 +86,54 @@ class _Pump:
         self.sock, self.stream, self.chunk = sock, stream, chunk
         self.up = self.down = 0
         self.loop = asyncio.get_running_loop()
+        # Reads start small and grow while they come back full: a read allocates its whole
+        # size, and big reads would cost small messages for nothing.
+        self._size = min(_FIRST_READ, chunk)
+        self._pending: bytes | None = None  # read by `_read_now`, not yet taken by the stream
+        self._read_error: OSError | None = None  # ... or what its read raised
+
+    def _sized(self, got: int) -> None:
+        if got == self._size:
+            self._size = min(self._size * 4, self.chunk)
+        elif got < _FIRST_READ:
+            self._size = min(_FIRST_READ, self.chunk)
+
+    def _read_now(self) -> bool:
+        """From the readiness callback, while `sock_to_stream` waits: move what the socket
+        has into the stream if the stream takes it at once (no task wake-up). False hands
+        the rest (the untaken bytes, EOF, an error) back to `sock_to_stream`."""
+        if not self.stream.writable_now():
+            return False
+        try:
+            data = self.sock.recv(self._size)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
+            self._read_error = exc  # reported once by the kernel: keep it for the task
+            return False
+        if not data:
+            return False  # EOF stays: the task's own read sees it
+        self._sized(len(data))
+        taken = self.stream.send_now(data)
+        self.up += taken
+        if taken < len(data):
+            self._pending = data[taken:]
+            return False
+        return True
 
     async def sock_to_stream(self) -> None:
-        # Reads start small and grow while they come back full: a read allocates its whole
-        # size, and a big allocation is an mmap/mremap/munmap each time (glibc), which small
-        # messages would pay for nothing.
-        size = min(_FIRST_READ, self.chunk)
-        readable = _Readable(self.loop, self.sock.fileno())
+        readable = _Readable(self.loop, self.sock.fileno(), self._read_now)
         try:
             while True:
+                if self._pending is not None:
+                    data, self._pending = self._pending, None
+                    await self.stream.write(data)
+                    self.up += len(data)
+                    continue
                 try:
-                    data = self.sock.recv(size)
+                    if self._read_error is not None:
+                        raise self._read_error
+                    data = self.sock.recv(self._size)
                 except (BlockingIOError, InterruptedError):
                     await readable.wait()
                     continue
@@ -101,10 +142,7 @@ class _Pump:
                 if not data:
                     self.stream.close_write()
                     return
-                if len(data) == size:
-                    size = min(size * 4, self.chunk)
-                elif len(data) < _FIRST_READ:
-                    size = min(_FIRST_READ, self.chunk)
+                self._sized(len(data))
                 await self.stream.write(data)
                 self.up += len(data)
         finally:

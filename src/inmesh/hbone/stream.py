@@ -14,6 +14,7 @@ from typing import Protocol
 
 from h2.errors import ErrorCodes
 
+from inmesh.errors import InmeshError
 from inmesh.hbone.errors import StreamResetError
 from inmesh.hbone.headers import ConnectHead
 from inmesh.hbone.protocol import error_name
@@ -28,7 +29,7 @@ class Carrier(Protocol):
     """The transport's buffer is full: writers wait for `HboneStream.wake_writer`."""
     max_write: int
 
-    def send(self, stream_id: int, data: memoryview) -> int: ...
+    def send(self, stream_id: int, data: bytes | memoryview) -> int: ...
     def end_stream(self, stream_id: int) -> None: ...
     def acknowledge(self, stream_id: int, size: int) -> None: ...
     def reset(self, stream_id: int, error_code: int) -> None: ...
@@ -106,6 +107,27 @@ class HboneStream:
             view = view[taken:]
             if view and not taken:
                 await self._wait_writable()
+
+    def writable_now(self) -> bool:
+        """Whether `send_now` could take something (no error, not closed, transport room)."""
+        return self.error is None and not self._write_closed and not self._shell.paused
+
+    def send_now(self, data: bytes) -> int:
+        """Send what the windows and the transport take of ``data`` right now, without
+        waiting; return how much (the caller keeps the rest for `write`). Never raises: a
+        broken stream takes nothing, and `write` reports why."""
+        total = 0
+        try:
+            while total < len(data) and self.writable_now():
+                part = data if total == 0 and len(data) <= self._shell.max_write \
+                    else memoryview(data)[total:total + self._shell.max_write]
+                taken = self._shell.send(self.stream_id, part)
+                if not taken:
+                    break
+                total += taken
+        except InmeshError:
+            pass
+        return total
 
     def close_write(self) -> None:
         """Half-close (END_STREAM). Ignored once the stream broke or was already closed."""
