@@ -34,7 +34,7 @@ from h2.events import Event
 from h2.exceptions import FrameTooLargeError, ProtocolError
 from h2.stream import H2Stream, StreamState
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
-from hyperframe.frame import DataFrame, Frame
+from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
 
 from inmesh.hbone import events as ev
 
@@ -60,6 +60,12 @@ def _data_frame_body_repr(frame: DataFrame) -> str:
 # h2 formats ``repr(frame)`` for its trace log on every received frame, even with logging off,
 # and hyperframe's DATA repr copies and hex-encodes the whole payload. Only that repr changes.
 DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
+
+
+def _window_update(stream_id: int, increment: int) -> WindowUpdateFrame:
+    frame = WindowUpdateFrame(stream_id)
+    frame.window_increment = increment
+    return frame
 
 
 class FastH2Connection(H2Connection):
@@ -105,6 +111,24 @@ class FastH2Connection(H2Connection):
         self._chunks.append(bytes(out))
         out.clear()
         self._chunks.append(payload)
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """h2's, for every delivered chunk, without its per-call debug logging and lookups:
+        the same window bookkeeping, and WINDOW_UPDATE frames only when h2 would send them.
+        An unknown or closed stream only gets the connection's credit back, as in h2."""
+        if stream_id <= 0 or acknowledged_size < 0:
+            raise ValueError(f"cannot acknowledge {acknowledged_size} bytes on stream {stream_id}")
+        frames: list[Frame] = []
+        increment = self._inbound_flow_control_window_manager.process_bytes(acknowledged_size)
+        if increment:
+            frames.append(_window_update(0, increment))
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.open:
+            increment = stream._inbound_window_manager.process_bytes(acknowledged_size)
+            if increment:
+                frames.append(_window_update(stream_id, increment))
+        if frames:
+            self._prepare_for_sending(frames)
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         # Frames h2 builds itself, DATA included (END_STREAM, padded, the slow lane), are

@@ -574,3 +574,32 @@ def test_fast_lane_receives_what_h2_receives(junk: bytes, keep: int, cuts: list[
         assert got.startswith(h2_data.get(sid, b""))
         if complete and not junk:
             assert got == h2_data.get(sid, b"")
+
+
+@settings(max_examples=60, deadline=None)
+@given(acks=st.lists(st.integers(min_value=0, max_value=9_000), max_size=12),
+       stream_id=st.sampled_from([1, 3]))
+def test_acknowledging_sends_the_window_updates_h2_sends(acks: list[int],
+                                                         stream_id: int) -> None:
+    """The lean acknowledge gives back credit exactly as h2 does: same WINDOW_UPDATE frames,
+    for the connection and the stream, at the same moments (stream 3 ended: connection only)."""
+    from inmesh.hbone.h2fast import FastH2Connection
+
+    raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    raw.initiate_connection()
+    raw.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
+    raw.send_headers(3, [(":method", "CONNECT"), (":authority", "y")], end_stream=True)
+    for _ in range(4):  # within the default 64 KiB windows
+        raw.send_data(1, b"z" * 16_000)
+    wire = raw.data_to_send()
+    config = h2.config.H2Configuration(client_side=False)
+    outputs = []
+    for conn in (FastH2Connection(config), h2.connection.H2Connection(config)):
+        conn.receive_data(wire)
+        conn.data_to_send()
+        out = []
+        for size in acks:
+            conn.acknowledge_received_data(size, stream_id)
+            out.append(conn.data_to_send())
+        outputs.append(out)
+    assert outputs[0] == outputs[1]
