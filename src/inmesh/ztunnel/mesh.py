@@ -82,6 +82,11 @@ class Mesh:
         for key in self._contexts.keys() - live:
             del self._contexts[key]
 
+    def forget(self, identity: SpiffeId) -> None:
+        """Drop the TLS contexts (and with them the key) of ``identity``."""
+        for role in ("client", "server"):
+            self._contexts.pop((role, identity), None)
+
     async def client_context(self, identity: SpiffeId) -> ssl.SSLContext:
         """TLS context presenting ``identity`` to HBONE servers; `CertUnavailable` if none."""
         return await self._context("client", identity, client_context)

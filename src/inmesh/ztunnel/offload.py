@@ -39,7 +39,10 @@ from inmesh.ztunnel.settings import ProxySettings
 log = logging.getLogger(__name__)
 
 RESTART_DELAY = 1.0
-"""Seconds before a worker that died is started again."""
+"""Seconds before a worker that died is started again; doubled (up to `RESTART_MAX`) while
+workers die within `STABLE_AFTER` seconds of their start."""
+RESTART_MAX = 30.0
+STABLE_AFTER = 10.0
 EXIT_GRACE = 3.0
 """Seconds a worker has to exit after ``exit`` before it is killed."""
 DRAIN_SLACK = 2.0
@@ -64,6 +67,8 @@ class _Worker:
     index: int
     channel: Channel
     process: asyncio.subprocess.Process
+    started: float
+    delay: float  # what the next restart waits if this one dies young
     ready: bool = False
     drained: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
@@ -194,7 +199,7 @@ class InboundWorkers:
             return
         finally:
             theirs.close()
-        worker = _Worker(index, Channel(ours), process)
+        worker = _Worker(index, Channel(ours), process, self._loop.time(), delay)
         self._workers[index] = worker
         worker.channel.send(self._hello)
         for record in wp.xds_batches(self._resources(), []):
@@ -267,4 +272,6 @@ class InboundWorkers:
             if not any(w.ready for w in self._workers.values()):
                 for pod in self._pods.values():
                     pod.local(True)
-            self._spawn_soon(worker.index, RESTART_DELAY)
+            young = self._loop.time() - worker.started < STABLE_AFTER
+            self._spawn_soon(worker.index, min(max(worker.delay * 2, RESTART_DELAY), RESTART_MAX)
+                             if young else RESTART_DELAY)

@@ -177,8 +177,10 @@ class Worker:
             self.table.apply(*wp.xds_of(message))
         elif kind == "cert":
             self.certs.put(wp.bundle_of(message))
-        elif kind == "uncert":
-            self.certs.drop(SpiffeId.parse(message["identity"]))
+        elif kind == "uncert":  # no pod of this identity left: its key goes everywhere
+            identity = SpiffeId.parse(message["identity"])
+            self.certs.drop(identity)
+            self.mesh.forget(identity)
         elif kind == "pod":
             self._add(message["uid"], wp.info_of(message), fds)
         elif kind == "drain":

@@ -151,3 +151,32 @@ def test_pushed_certs_wait_for_ztunnel_then_give_up() -> None:
         run(main())
     finally:
         wk.CERT_WAIT = saved
+
+
+def test_a_removed_identity_leaves_no_key_in_the_worker() -> None:
+    """ztunnel says an identity has no pod left: the worker drops its certificate and the TLS
+    contexts built from its key, as ztunnel's own `Mesh.want` does."""
+
+    async def main() -> None:
+        a, b = Channel.pair()
+        channel, other = Channel(a), Channel(b)
+        try:
+            worker = wk.Worker(channel, "n1", "cluster.local", ProxySettings(), HboneSettings())
+            worker.certs.put(bundle())
+            worker.mesh._contexts[("server", WEB)] = (bundle(), object())  # type: ignore[assignment]
+            other_id = SpiffeId("cluster.local", "shop", "db")
+            worker.mesh._contexts[("client", other_id)] = (bundle(other_id), object())  # type: ignore[assignment]
+            assert worker._handle(wp.decode(wp.encode("uncert", identity=WEB.uri)), [])
+            assert [i for _, i in worker.mesh._contexts] == [other_id]
+            wk.CERT_WAIT = 0.01
+            with pytest.raises(CertUnavailable):
+                await worker.certs.get(WEB)
+        finally:
+            channel.close()
+            other.close()
+
+    saved = wk.CERT_WAIT
+    try:
+        run(main())
+    finally:
+        wk.CERT_WAIT = saved
