@@ -46,25 +46,33 @@ class FakeTransport:
         self.closing = True
 
 
+class Tunnel:
+    """A server shell on a fake transport with one accepted CONNECT stream from ``client``."""
+
+    def __init__(self) -> None:
+        settings = HboneSettings()
+        loop = asyncio.get_running_loop()
+        accepted: list[HboneStream] = []
+        self.shell = H2Shell(ServerConnection(settings, loop.time(), [POD]),
+                             lambda _: CLIENT_ID, "test", accepted.append)
+        self.transport = FakeTransport()
+        self.shell._transport = self.transport  # type: ignore[assignment]
+        self.shell.identity = CLIENT_ID
+        self.client = ClientConnection(settings, loop.time())
+        self.sid = self.client.open_stream(Target(POD, 8080))
+        self.shell.data_received(self.client.data_to_send())
+        [self.stream] = accepted
+        self.shell.accept(self.stream)
+        self.client.receive(self.transport.take())
+
+
 def test_end_stream_and_goaway_in_one_read_fail_the_stream() -> None:
     """The client half-closes and hangs up at once: the server's stream must break (its relay
     resets the app side), not look alive with its connection gone (close_write would raise)."""
 
     async def main() -> None:
-        settings = HboneSettings()
-        loop = asyncio.get_running_loop()
-        accepted: list[HboneStream] = []
-        shell = H2Shell(ServerConnection(settings, loop.time(), [POD]), lambda _: CLIENT_ID,
-                        "test", accepted.append)
-        transport = FakeTransport()
-        shell._transport = transport  # type: ignore[assignment]
-        shell.identity = CLIENT_ID
-        client = ClientConnection(settings, loop.time())
-        sid = client.open_stream(Target(POD, 8080))
-        shell.data_received(client.data_to_send())
-        [stream] = accepted
-        shell.accept(stream)
-        client.receive(transport.take())
+        tunnel = Tunnel()
+        shell, client, stream, sid = tunnel.shell, tunnel.client, tunnel.stream, tunnel.sid
 
         client.end_stream(sid)
         client.close()
@@ -83,22 +91,10 @@ def test_data_delivered_by_a_sink_and_end_stream_in_one_read_still_end_the_strea
     core; the END_STREAM later in the same batch must still reach the waiting reader."""
 
     async def main() -> None:
-        settings = HboneSettings()
-        loop = asyncio.get_running_loop()
-        accepted: list[HboneStream] = []
-        shell = H2Shell(ServerConnection(settings, loop.time(), [POD]), lambda _: CLIENT_ID,
-                        "test", accepted.append)
-        transport = FakeTransport()
-        shell._transport = transport  # type: ignore[assignment]
-        shell.identity = CLIENT_ID
-        client = ClientConnection(settings, loop.time())
-        sid = client.open_stream(Target(POD, 8080))
-        shell.data_received(client.data_to_send())
-        [stream] = accepted
-        shell.accept(stream)
-        client.receive(transport.take())
+        tunnel = Tunnel()
+        shell, client, stream, sid = tunnel.shell, tunnel.client, tunnel.stream, tunnel.sid
         stream.close_write()  # our side is done: the stream finishes once the peer's is
-        client.receive(transport.take())
+        client.receive(tunnel.transport.take())
 
         delivered: list[bytes] = []
 
