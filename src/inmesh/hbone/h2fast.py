@@ -100,14 +100,20 @@ class FastH2Connection(H2Connection):
         size = len(payload)
         self.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
+        if size >= ZERO_COPY_MIN and type(payload) is not bytes and not (
+                type(payload) is memoryview and type(payload.obj) is bytes):
+            payload = bytes(payload)
+        self._queue_data(stream.stream_id, 0, payload)
+
+    def _queue_data(self, stream_id: int, flags: int, payload: Buffer) -> None:
+        """A DATA frame's header, then its payload: appended when small, kept by reference
+        (in order, after what was queued before it) when large."""
+        size = len(payload)
         out = self._data_to_send
-        out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, 0, stream.stream_id)
+        out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE, flags, stream_id)
         if size < ZERO_COPY_MIN:
             out += payload
             return
-        if type(payload) is not bytes and not (
-                type(payload) is memoryview and type(payload.obj) is bytes):
-            payload = bytes(payload)
         self._chunks.append(bytes(out))
         out.clear()
         self._chunks.append(payload)
@@ -133,22 +139,13 @@ class FastH2Connection(H2Connection):
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         # Frames h2 builds itself, DATA included (END_STREAM, padded, the slow lane), are
         # serialized the stock way; big payloads by reference as in `emit_data`.
-        out = self._data_to_send
         for frame in frames:
             if type(frame) is not DataFrame or "PADDED" in frame.flags:
-                out += frame.serialize()
+                self._data_to_send += frame.serialize()
                 continue
-            payload = frame.data
-            size = frame.body_len = len(payload)
-            out += _FRAME_HEADER.pack(size >> 8, size & 0xFF, _DATA_TYPE,
-                                      _END_STREAM if "END_STREAM" in frame.flags else 0,
-                                      frame.stream_id & 0x7FFFFFFF)
-            if size < ZERO_COPY_MIN:
-                out += payload
-            else:
-                self._chunks.append(bytes(out))
-                out.clear()
-                self._chunks.append(payload)
+            frame.body_len = len(frame.data)
+            self._queue_data(frame.stream_id & 0x7FFFFFFF,
+                             _END_STREAM if "END_STREAM" in frame.flags else 0, frame.data)
 
     @property
     def has_output(self) -> bool:
