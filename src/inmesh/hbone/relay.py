@@ -89,7 +89,7 @@ class _Pump:
         # Reads start small and grow while they come back full: a read allocates its whole
         # size, and big reads would cost small messages for nothing.
         self._size = min(_FIRST_READ, chunk)
-        self._pending: bytes | None = None  # read by `_read_now`, not yet taken by the stream
+        self._pending: memoryview | None = None  # read by `_read_now`, not taken by the stream
         self._read_error: OSError | None = None  # ... or what its read raised
 
     def _sized(self, got: int) -> None:
@@ -117,7 +117,7 @@ class _Pump:
         taken = self.stream.send_now(data)
         self.up += taken
         if taken < len(data):
-            self._pending = data[taken:]
+            self._pending = memoryview(data)[taken:]  # bytes never change: no copy
             return False
         return True
 
@@ -126,9 +126,9 @@ class _Pump:
         try:
             while True:
                 if self._pending is not None:
-                    data, self._pending = self._pending, None
-                    await self.stream.write(data)
-                    self.up += len(data)
+                    rest, self._pending = self._pending, None
+                    await self.stream.write(rest)
+                    self.up += len(rest)
                     continue
                 try:
                     if self._read_error is not None:

@@ -49,7 +49,7 @@ class HboneStream:
         self.head = head
         """Server side: the validated CONNECT head (target and headers)."""
         self._shell = shell
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes | memoryview] = collections.deque()
         self._eof = False
         self._write_closed = False
         self.error: StreamResetError | None = None
@@ -77,8 +77,9 @@ class HboneStream:
         assert self._shell.identity is not None  # streams exist only after verification
         return self._shell.identity
 
-    async def read(self) -> bytes:
-        """The next received chunk; b"" at END_STREAM. Call `acknowledge` once delivered."""
+    async def read(self) -> bytes | memoryview:
+        """The next received chunk (a view of received bytes after a partial sink write);
+        b"" at END_STREAM. Call `acknowledge` once delivered."""
         while not self._chunks:
             if self.error is not None:
                 raise self.error
@@ -175,7 +176,10 @@ class HboneStream:
             sent = self._sink(data)
             if sent == len(data):
                 return
-            data = data[sent:]
+            if sent:
+                self._chunks.append(memoryview(data)[sent:])  # bytes never change: no copy
+                self._wake_reader()
+                return
         self._chunks.append(data)
         self._wake_reader()
 
