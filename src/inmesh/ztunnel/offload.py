@@ -47,6 +47,11 @@ EXIT_GRACE = 3.0
 """Seconds a worker has to exit after ``exit`` before it is killed."""
 DRAIN_SLACK = 2.0
 """Seconds past a drain deadline ztunnel waits for a worker's ``drained``."""
+HEARTBEAT_INTERVAL = 2.0
+"""Seconds between ``ping`` records to a ready worker."""
+HEARTBEAT_TIMEOUT = 10.0
+"""Seconds without a ``pong`` after which a worker counts as hung: it is killed (ztunnel
+serves its pods meanwhile) and another is started."""
 
 LocalServing = Callable[[bool], None]
 """Tells a pod proxy whether ztunnel itself must accept on its 15008 listener."""
@@ -71,6 +76,7 @@ class _Worker:
     delay: float  # what the next restart waits if this one dies young
     ready: bool = False
     drained: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    last_pong: float = 0.0
 
 
 class InboundWorkers:
@@ -206,10 +212,27 @@ class InboundWorkers:
             worker.channel.send(record)
         for bundle in self._certificates():
             worker.channel.send(wp.cert(bundle))
+        heartbeat = self._loop.create_task(self._heartbeat(worker))
         try:
             await self._listen(worker)
         finally:
+            heartbeat.cancel()
             await self._lost(worker)
+
+    async def _heartbeat(self, worker: _Worker) -> None:
+        """Ping a ready worker; kill it if it stops answering (a hung worker would hold its
+        pods' connections without serving them)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if not worker.ready:
+                continue
+            if self._loop.time() - worker.last_pong > HEARTBEAT_TIMEOUT:
+                log.error("inbound worker %d (pid %d) stopped answering for %.0f s; killing it",
+                          worker.index, worker.process.pid, HEARTBEAT_TIMEOUT)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+                return
+            worker.channel.send(wp.encode("ping"))
 
     async def _listen(self, worker: _Worker) -> None:
         while True:
@@ -225,8 +248,11 @@ class InboundWorkers:
 
     def _handle(self, worker: _Worker, message: wp.Message) -> None:
         kind = message["t"]
-        if kind == "ready":
+        if kind == "pong":
+            worker.last_pong = self._loop.time()
+        elif kind == "ready":
             worker.ready = True
+            worker.last_pong = self._loop.time()
             log.info("inbound worker %d ready (pid %d)", worker.index, worker.process.pid)
             for pod in self._pods.values():
                 self._hand_over(worker, pod)

@@ -187,6 +187,8 @@ class Worker:
             deadline = message.get("deadline")
             self._loop.create_task(self._drain_and_report(
                 message["uid"], None if deadline is None else self._loop.time() + deadline))
+        elif kind == "ping":
+            self.channel.send(wp.encode("pong"))
         elif kind == "exit":
             return False
         else:

@@ -8,8 +8,8 @@ message (a SOCK_SEQPACKET record), ``{"t": kind, ...}``, with file descriptors p
 
 ztunnel -> worker: ``hello`` (settings), ``pod`` (+ the pod's 15008 listener and netns fds),
 ``drain`` (a pod), ``xds`` (workload resources, as received from the control plane), ``cert``
-and ``uncert`` (a local identity's certificate and key, or its removal), ``exit``.
-worker -> ztunnel: ``ready``, ``traffic`` (a metrics event), ``drained`` (a pod).
+and ``uncert`` (a local identity's certificate and key, or its removal), ``ping``, ``exit``.
+worker -> ztunnel: ``ready``, ``traffic`` (metrics events), ``drained`` (a pod), ``pong``.
 """
 
 from __future__ import annotations

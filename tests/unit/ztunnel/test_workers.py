@@ -180,3 +180,54 @@ def test_a_removed_identity_leaves_no_key_in_the_worker() -> None:
         run(main())
     finally:
         wk.CERT_WAIT = saved
+
+
+def test_a_hung_worker_is_killed_and_replaced_and_ztunnel_serves_meanwhile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real worker processes and a pod on loopback (its "netns" is the test's own): the
+    worker stops answering pings (SIGSTOP); ztunnel takes 15008 back, kills it by pid and
+    starts another, which gets the pod again."""
+    import signal
+    import socket
+
+    from inmesh.ztunnel import offload
+    from inmesh.ztunnel.metrics import ZtunnelMetrics
+
+    monkeypatch.setattr(offload, "HEARTBEAT_INTERVAL", 0.05)
+    monkeypatch.setattr(offload, "HEARTBEAT_TIMEOUT", 0.5)
+    monkeypatch.setattr(offload, "RESTART_DELAY", 0.05)
+
+    async def main() -> None:
+        workers = offload.InboundWorkers(
+            1, node="n1", trust_domain="cluster.local", proxy=ProxySettings(),
+            hbone=HboneSettings(), metrics=ZtunnelMetrics(), resources=dict, certificates=list)
+        local: list[bool] = []
+        listener = socket.create_server(("127.0.0.1", 0))
+        netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+        try:
+            workers.start()
+            await _until(lambda: workers.ready_count == 1)
+            first = next(iter(workers._workers.values())).process.pid
+            workers.offer("u1", WorkloadInfo("a", "ns", "sa"), listener, netns, local.append)
+            assert local == [False]  # handed to the ready worker
+            os.kill(first, signal.SIGSTOP)
+            await _until(lambda: local[-1:] == [True], 10.0)  # ztunnel serves it meanwhile
+            await _until(lambda: workers.ready_count == 1, 10.0)
+            second = next(iter(workers._workers.values())).process.pid
+            assert second != first
+            assert local[-1] is False  # the successor has the pod
+        finally:
+            await workers.close()
+            listener.close()
+            os.close(netns)
+
+    run(main())
+
+
+async def _until(predicate: object, within: float = 10.0) -> None:
+    assert callable(predicate)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
