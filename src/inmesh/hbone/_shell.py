@@ -42,7 +42,11 @@ Verify = Callable[[ssl.SSLObject], SpiffeId]
 Core = TypeVar("Core", bound=HboneConnection)
 
 
-class H2Shell(asyncio.Protocol, Generic[Core]):
+READ_BUFFER = 256 << 10
+"""Bytes the TLS layer may decrypt into the shell's buffer per read."""
+
+
+class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
     """Drives one HBONE core over a TLS transport; see the module docstring."""
 
     def __init__(self, core: Core, verify: Verify, label: str,
@@ -64,6 +68,7 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         self._close_guard: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._applying = 0  # inside `_handle`
+        self._read_view = memoryview(bytearray(READ_BUFFER))
         self._acked_in_batch: list[int] = []
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -83,7 +88,18 @@ class H2Shell(asyncio.Protocol, Generic[Core]):
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self._flush()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The TLS layer decrypted into our buffer (no allocation and join per read): tunnel
+        # bytes are lent to the streams as views of it (a sink writes them out, a queue copies
+        # them) until the next read.
+        if self.identity is not None:
+            self._handle(self.core.receive(self._read_view[:nbytes], borrowed=True))
+
     def data_received(self, data: bytes) -> None:
+        """Bytes fed directly (tests; transports that do not lend a buffer)."""
         if self.identity is not None:
             self._handle(self.core.receive(data))
 

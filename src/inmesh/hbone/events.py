@@ -39,10 +39,11 @@ class ConnectAnswered:
 @dataclass(frozen=True)
 class DataArrived:
     """Tunnel bytes from the peer. Their flow-control credit is returned only once the shell
-    calls ``acknowledge(stream_id, len(data))`` after delivering them."""
+    calls ``acknowledge(stream_id, len(data))`` after delivering them. A view into the read
+    buffer when the shell lent it (``receive(borrowed=True)``): valid until the next read."""
 
     stream_id: int
-    data: bytes
+    data: bytes | memoryview
 
     def __repr__(self) -> str:
         return f"DataArrived(stream_id={self.stream_id}, {len(self.data)} bytes)"

@@ -80,6 +80,7 @@ class FastH2Connection(H2Connection):
         self._body_left = 0  # body bytes of the current frame still to come
         self._fast_sid = 0  # the current frame's stream, when its body goes the fast lane
         self._fast_end = False  # ... and it carries END_STREAM
+        self._borrowed = False  # bodies may be views into the caller's buffer
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -172,11 +173,14 @@ class FastH2Connection(H2Connection):
     # -- receiving -------------------------------------------------------------------------
 
     def receive_data(  # type: ignore[override]
-            self, data: Buffer) -> list[Event | ev.DataArrived]:
+            self, data: Buffer, borrowed: bool = False) -> list[Event | ev.DataArrived]:
         """h2's ``receive_data``, with eligible DATA bodies returned as `ev.DataArrived` (not
-        yet counted as delivered: the caller acknowledges them) among h2's events."""
+        yet counted as delivered: the caller acknowledges them) among h2's events. With
+        ``borrowed``, bodies are views into ``data`` (no copy): the caller must be done with
+        them, or copy them, before it reuses its buffer."""
         events: list[Event | ev.DataArrived] = []
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
+        self._borrowed = borrowed
         try:
             self._cut(memoryview(data), data, events)
         except InvalidPaddingError as exc:
@@ -204,9 +208,13 @@ class FastH2Connection(H2Connection):
                 self._body_left -= take
                 if self._fast_sid:
                     # A read that falls inside one body is passed on as it is, not copied.
-                    events.append(ev.DataArrived(self._fast_sid, whole_data if take == end
-                                                 and whole_data is not None
-                                                 else view[pos:pos + take].tobytes()))
+                    if take == end and whole_data is not None:
+                        body: bytes | memoryview = whole_data
+                    elif self._borrowed:
+                        body = view[pos:pos + take]
+                    else:
+                        body = view[pos:pos + take].tobytes()
+                    events.append(ev.DataArrived(self._fast_sid, body))
                 else:
                     self._slow += view[pos:pos + take]
                 pos += take

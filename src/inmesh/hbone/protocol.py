@@ -84,13 +84,14 @@ class HboneConnection:
 
     # -- inputs --------------------------------------------------------------------------
 
-    def receive(self, data: bytes) -> list[ev.Event]:
+    def receive(self, data: bytes | memoryview, borrowed: bool = False) -> list[ev.Event]:
         """Feed bytes from the peer; return what they meant. (Only `handle_timer` needs the
-        time: liveness is judged by PING ACKs, not by traffic.)"""
+        time: liveness is judged by PING ACKs, not by traffic.) ``borrowed``: `DataArrived`
+        may carry views into ``data``, valid only until the caller reuses its buffer."""
         if self.ended:
             return []
         try:
-            h2_events = self._h2.receive_data(data)
+            h2_events = self._h2.receive_data(data, borrowed)
         except ProtocolError as exc:  # h2 already queued a GOAWAY with the right code
             code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
             return self._end(f"HTTP/2 protocol error from peer: {exc}", int(code), False)

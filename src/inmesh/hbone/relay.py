@@ -148,7 +148,7 @@ class _Pump:
         finally:
             readable.close()
 
-    def deliver_now(self, data: bytes) -> int:
+    def deliver_now(self, data: bytes | memoryview) -> int:
         """The stream's sink (`HboneStream.set_sink`): what the socket takes at once is
         delivered and acknowledged here; an error leaves the bytes to `stream_to_sock`,
         whose own write then reports it."""

@@ -62,9 +62,9 @@ class HboneStream:
         self._loop = asyncio.get_running_loop()
         # Client side: the CONNECT's status, or the exception that prevented one.
         self._answer: asyncio.Future[int] = self._loop.create_future()
-        self._sink: Callable[[bytes], int] | None = None
+        self._sink: Callable[[bytes | memoryview], int] | None = None
 
-    def set_sink(self, sink: Callable[[bytes], int] | None) -> None:
+    def set_sink(self, sink: Callable[[bytes | memoryview], int] | None) -> None:
         """Deliver arriving bytes through ``sink`` while the reader waits in `read` with
         nothing queued: ``sink(data)`` writes without blocking, acknowledges and returns what
         it wrote (0 on any error); the rest is queued for `read` as usual. This saves the
@@ -171,15 +171,16 @@ class HboneStream:
         if not self._answer.done():
             self._answer.set_result(status)
 
-    def received(self, data: bytes) -> None:
+    def received(self, data: bytes | memoryview) -> None:
+        """Bytes from the peer. A memoryview is only lent for this call: what is kept is
+        copied. A bytes object never changes, so the rest of a partial write is a view."""
         if self._sink is not None and self._reader is not None and not self._chunks:
             sent = self._sink(data)
             if sent == len(data):
                 return
-            if sent:
-                self._chunks.append(memoryview(data)[sent:])  # bytes never change: no copy
-                self._wake_reader()
-                return
+            data = data[sent:] if type(data) is memoryview else memoryview(data)[sent:]
+        if type(data) is memoryview and type(data.obj) is not bytes:
+            data = data.tobytes()
         self._chunks.append(data)
         self._wake_reader()
 

@@ -115,3 +115,43 @@ def test_data_delivered_by_a_sink_and_end_stream_in_one_read_still_end_the_strea
             assert await reader == b""  # the END_STREAM arrived
 
     run(main())
+
+
+def test_bytes_lent_from_the_read_buffer_are_copied_when_kept() -> None:
+    """The TLS layer decrypts into the shell's own buffer and the streams get views of it:
+    bytes a stream keeps (its reader busy) must survive the next read overwriting the buffer;
+    bytes a sink writes out at once are not copied at all."""
+
+    async def main() -> None:
+        tunnel = Tunnel()
+        shell, client, stream, sid = tunnel.shell, tunnel.client, tunnel.stream, tunnel.sid
+
+        def feed(wire: bytes) -> None:  # what a TLS transport does with a BufferedProtocol
+            buffer = shell.get_buffer(len(wire))
+            buffer[:len(wire)] = wire
+            shell.buffer_updated(len(wire))
+
+        client.send(sid, b"first")
+        feed(client.data_to_send())  # nobody reads yet: kept
+        shell.get_buffer(4096)[:4096] = b"Z" * 4096  # the next read reuses the buffer
+        client.send(sid, b"again")
+        feed(client.data_to_send())
+        assert bytes(await stream.read()) == b"first"
+        assert bytes(await stream.read()) == b"again"
+
+        seen: list[object] = []
+
+        def sink(data: bytes | memoryview) -> int:
+            seen.append(type(data))
+            stream.acknowledge(len(data))
+            return len(data)
+
+        stream.set_sink(sink)
+        reader = asyncio.create_task(stream.read())
+        await asyncio.sleep(0)  # parked
+        client.send(sid, b"third")
+        feed(client.data_to_send())
+        assert seen == [memoryview]  # written out from the buffer itself
+        reader.cancel()
+
+    run(main())
