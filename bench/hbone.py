@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from _lib.benchlab import NAMESPACE, BenchError, BenchLab, PodDef
+from _lib.clients import RR_SCRIPT, iperf, round_trips
 from _lib.hbreport import render
 from _lib.hbstats import PATHS, HPath, summarize
 from _lib.meshcheck import (
@@ -57,7 +58,6 @@ from inmesh.errors import InmeshError
 from inmesh.identity import SpiffeId
 
 BENCH = Path(__file__).resolve().parent
-RR_SCRIPT = BENCH / "_lib" / "rr.py"
 CONN_SCRIPT = BENCH / "_lib" / "connrate.py"
 IPERF_PORT = 5201
 RR_PORT = 7000
@@ -175,30 +175,15 @@ class HboneBench:
     # -- one measurement --------------------------------------------------------------------
 
     def _rr(self, path: HPath, count: int, warmup: int, pin: bool = False) -> dict[str, Any]:
-        port = RR_PIN_PORT if pin else RR_PORT
-        argv = [sys.executable, str(RR_SCRIPT), "client",
-                "--host", self.lab.pods[path.server].ip, "--port", str(port),
-                "--count", str(count), "--warmup", str(warmup)]  # fmt: skip
-        if pin:
-            argv = ["taskset", "-c", str(PIN_CPU), *argv]
-        result: dict[str, Any] = json.loads(self.lab.run(path.client, argv, CLIENT_SLACK_S * 2))
+        result = round_trips(self.lab, path.client, self.lab.pods[path.server].ip,
+                             RR_PIN_PORT if pin else RR_PORT, count, warmup,
+                             PIN_CPU if pin else None)
         result["units"] = count + warmup
         return result
 
     def _iperf(self, path: HPath, streams: int) -> dict[str, Any]:
-        a = self.args
-        argv = ["iperf3", "-c", self.lab.pods[path.server].ip, "-p", str(IPERF_PORT),
-                "-t", f"{a.seconds:g}", "-O", str(a.omit), "-P", str(streams), "-J"]  # fmt: skip
-        doc = json.loads(self.lab.run(path.client, argv, a.seconds + a.omit + CLIENT_SLACK_S))
-        end = doc["end"]
-        cpu = end.get("cpu_utilization_percent", {})
-        return {
-            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
-            "sender_gbps": end["sum_sent"]["bits_per_second"] / 1e9,
-            "retransmits": end["sum_sent"].get("retransmits"),
-            "iperf_client_cpu_pct": cpu.get("host_total"),
-            "iperf_server_cpu_pct": cpu.get("remote_total"),
-        }
+        return iperf(self.lab, path.client, self.lab.pods[path.server].ip, IPERF_PORT,
+                     self.args.seconds, self.args.omit, streams)
 
     def _conn_client(self, path: HPath, parallel: int, extra: list[str]) -> dict[str, Any]:
         argv = [sys.executable, str(CONN_SCRIPT), "client",

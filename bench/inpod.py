@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from _lib.benchlab import BenchError, BenchLab
+from _lib.clients import RR_SCRIPT, iperf, round_trips
 from _lib.procstat import CpuUse, CpuWindow, pinned
 from _lib.report import render
 from _lib.runctl import (
-    CLIENT_SLACK_S,
     NCPU,
     add_common_args,
     background_busy,
@@ -54,7 +52,6 @@ RR_PORT = 7000
 RR_PIN_PORT = 7001
 """Echo servers pinned to PIN_CPU, for the one-CPU latency test."""
 PIN_CPU = 0
-RR_SCRIPT = Path(__file__).resolve().parent / "_lib" / "rr.py"
 STREAMS = (1, 4)
 PATH_CHECK_TRIPS = 200
 """Round trips of the path check: enough to see the connection, too few to cost time."""
@@ -110,29 +107,14 @@ class Bench:
     # -- one measurement ------------------------------------------------------------------
 
     def _rr(self, path: PathDef, count: int, warmup: int, pin: bool = False) -> dict[str, Any]:
-        port = RR_PIN_PORT if pin else RR_PORT
-        argv = [sys.executable, str(RR_SCRIPT), "client",
-                "--host", self.lab.pods[path.server].ip, "--port", str(port),
-                "--count", str(count), "--warmup", str(warmup)]  # fmt: skip
-        if pin:
-            argv = ["taskset", "-c", str(PIN_CPU), *argv]
-        result: dict[str, Any] = json.loads(self.lab.run(path.client, argv, CLIENT_SLACK_S * 2))
+        result = round_trips(self.lab, path.client, self.lab.pods[path.server].ip,
+                             RR_PIN_PORT if pin else RR_PORT, count, warmup,
+                             PIN_CPU if pin else None)
         return result
 
     def _iperf(self, path: PathDef, streams: int) -> dict[str, Any]:
-        a = self.args
-        argv = ["iperf3", "-c", self.lab.pods[path.server].ip, "-p", str(IPERF_PORT),
-                "-t", f"{a.seconds:g}", "-O", str(a.omit), "-P", str(streams), "-J"]  # fmt: skip
-        doc = json.loads(self.lab.run(path.client, argv, a.seconds + a.omit + CLIENT_SLACK_S))
-        end = doc["end"]
-        cpu = end.get("cpu_utilization_percent", {})
-        return {
-            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
-            "sender_gbps": end["sum_sent"]["bits_per_second"] / 1e9,
-            "retransmits": end["sum_sent"].get("retransmits"),
-            "iperf_client_cpu_pct": cpu.get("host_total"),
-            "iperf_server_cpu_pct": cpu.get("remote_total"),
-        }
+        return iperf(self.lab, path.client, self.lab.pods[path.server].ip, IPERF_PORT,
+                     self.args.seconds, self.args.omit, streams)
 
     def measure(self, rnd: int, path: PathDef, metric: str, fn: Callable[[], dict[str, Any]],
                 values: dict[str, float | None]) -> None:  # fmt: skip
