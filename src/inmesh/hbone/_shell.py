@@ -65,6 +65,7 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._deadline_seen = -1  # `core.deadline_changes` when the timer was last set
         self._close_guard: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._applying = 0  # inside `_handle`
@@ -87,6 +88,7 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
         high = self.core.settings.write_buffer
         transport.set_write_buffer_limits(high=high, low=high // 4)
         self._flush()
+        self._schedule()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._read_view
@@ -172,15 +174,17 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
         self._settle(stream_id)
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        self.core.acknowledge(stream_id, size)
+        finished = self.core.acknowledge(stream_id, size)
         if self._applying:
             # Delivered while its own batch of events is being applied (a stream's sink): the
-            # stream may finish here, but a PeerEnded for it can still be in the batch.
-            self._acked_in_batch.append(stream_id)
+            # batch flushes when it is done; a stream that finished here may still have a
+            # PeerEnded in the batch, so it is forgotten after the batch.
+            if finished:
+                self._acked_in_batch.append(stream_id)
             return
         # Usually h2 only counts the credit (WINDOW_UPDATE comes at half a window) and the
-        # stream stays: nothing to send, no timer to move.
-        if self.core.has_output or not self.core.has_stream(stream_id):
+        # stream stays: nothing to send.
+        if finished or self.core.has_output:
             self._settle(stream_id)
 
     def reset(self, stream_id: int, error_code: int) -> None:
@@ -231,6 +235,8 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
                 if not self.core.has_stream(stream_id) and not self.core.ended:
                     self._forget(stream_id)
         self._flush()
+        if self.core.deadline_changes != self._deadline_seen:  # a PING ACK, a tick, the end
+            self._schedule()
 
     def _apply(self, event: ev.Event) -> None:
         stream = self._streams.get(getattr(event, "stream_id", None) or 0)
@@ -289,10 +295,13 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
             # A peer that stops reading would hold the TLS close forever.
             self._close_guard = self._loop.call_later(
                 self.core.settings.handshake_timeout, transport.abort)
-            return
-        self._schedule()
 
     def _schedule(self) -> None:
+        """Move the timer to the core's next deadline. Only receiving, a timer tick and a
+        close change that deadline (`HboneConnection.next_deadline`), so sends,
+        acknowledgements and stream changes do not come here, and received data only when
+        the core counted a change."""
+        self._deadline_seen = self.core.deadline_changes
         deadline = self.core.next_deadline()
         if deadline == self._timer_at:
             return

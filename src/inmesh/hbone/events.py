@@ -36,14 +36,27 @@ class ConnectAnswered:
     status: int
 
 
-@dataclass(frozen=True)
 class DataArrived:
     """Tunnel bytes from the peer. Their flow-control credit is returned only once the shell
     calls ``acknowledge(stream_id, len(data))`` after delivering them. A view into the read
-    buffer when the shell lent it (``receive(borrowed=True)``): valid until the next read."""
+    buffer when the shell lent it (``receive(borrowed=True)``): valid until the next read.
 
-    stream_id: int
-    data: bytes | memoryview
+    One is made per received chunk, so it is a plain slotted class: a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost three times as much. Treat it as
+    frozen all the same."""
+
+    __slots__ = ("data", "stream_id")
+
+    def __init__(self, stream_id: int, data: bytes | memoryview) -> None:
+        self.stream_id = stream_id
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not DataArrived:
+            return NotImplemented
+        return self.stream_id == other.stream_id and self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]  # like a dataclass with eq: not hashable
 
     def __repr__(self) -> str:
         return f"DataArrived(stream_id={self.stream_id}, {len(self.data)} bytes)"

@@ -15,7 +15,7 @@ framing errors, GOAWAY and a missed PING end the connection (`ConnectionEnded`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import h2.events as h2e
@@ -55,6 +55,9 @@ class HboneConnection:
                  idle_timeout: float | None = None) -> None:
         self.settings = settings
         self.ended = False
+        self.deadline_changes = 0
+        """Counts the changes of `next_deadline`: a shell that saw the same count need not
+        ask again."""
         self._streams: dict[int, _Stream] = {}
         self._keepalive = Keepalive(now, settings.ping_interval, settings.ping_timeout)
         self._idle_timeout = idle_timeout
@@ -78,6 +81,9 @@ class HboneConnection:
         # Values given as initial ones are in force at once; mirror them where h2 caches them.
         self._h2.max_inbound_frame_size = settings.max_frame_size
         self._h2.decoder.max_header_list_size = header_list
+        self.chunks_to_send: Callable[[], list[Buffer]] = self._h2.chunks_to_send
+        """Everything pending, in order, without joining large DATA payloads (for
+        ``transport.writelines``); h2's own method, called once per write."""
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(
             settings.connection_window - _DEFAULT_CONNECTION_WINDOW)
@@ -96,17 +102,24 @@ class HboneConnection:
             code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
             return self._end(f"HTTP/2 protocol error from peer: {exc}", int(code), False)
         out: list[ev.Event] = []
+        streams = self._streams
         for event in h2_events:
             if isinstance(event, ev.DataArrived):  # the fast lane (`h2fast`): tunnel bytes
-                self._on_fast_data(event, out)
-            else:
-                out.extend(self._dispatch(event))
+                stream = streams.get(event.stream_id)
+                if stream is None or stream.remote_ended:  # dropped: discard, give credit
+                    self._h2.acknowledge_received_data(len(event.data), event.stream_id)
+                    continue
+                stream.unacked += len(event.data)
+                out.append(event)
+                continue
+            out.extend(self._dispatch(event))
             if self.ended:
                 break
         return out
 
     def handle_timer(self, now: float) -> list[ev.Event]:
         """Run what is due at ``now`` (PING, PING timeout, idle close)."""
+        self.deadline_changes += 1
         if self.ended:
             return []
         if self._idle_expired(now):
@@ -121,7 +134,9 @@ class HboneConnection:
         return []
 
     def next_deadline(self) -> float | None:
-        """When `handle_timer` must run next (None once ended)."""
+        """When `handle_timer` must run next (None once ended). Only `receive` (a PING ACK,
+        the end), `handle_timer` and `close` change it, and each change counts in
+        `deadline_changes`."""
         if self.ended:
             return None
         deadline = self._keepalive.next_deadline()
@@ -138,10 +153,6 @@ class HboneConnection:
         """Whether `data_to_send` would return something."""
         return self._h2.has_output
 
-    def chunks_to_send(self) -> list[Buffer]:
-        """Everything pending, in order, without joining large DATA payloads (for
-        ``transport.writelines``)."""
-        return self._h2.chunks_to_send()
 
     # -- streams ---------------------------------------------------------------------------
 
@@ -163,7 +174,7 @@ class HboneConnection:
     def send(self, stream_id: int, data: bytes | memoryview) -> int:
         """Send as much of ``data`` as the windows allow, in frames of at most the peer's
         frame size; return how many bytes were taken."""
-        stream = self._stream(stream_id)
+        stream = self._streams.get(stream_id) or self._stream(stream_id)  # raises if unknown
         if stream.local_ended or self.ended:
             return 0
         h2 = self._h2
@@ -211,18 +222,23 @@ class HboneConnection:
                 self._h2.reset_stream(stream_id, error_code)
         self._forget(stream_id)
 
-    def acknowledge(self, stream_id: int, size: int) -> None:
-        """``size`` bytes of ``stream_id`` reached the application: give the peer credit."""
+    def acknowledge(self, stream_id: int, size: int) -> bool:
+        """``size`` bytes of ``stream_id`` reached the application: give the peer credit.
+        True if that finished the stream (both sides ended, everything delivered): the
+        core has forgotten it."""
         stream = self._streams.get(stream_id)
         if stream is None or size == 0:
-            return  # reset meanwhile: its credit went back already
+            return False  # reset meanwhile: its credit went back already
         if not 0 < size <= stream.unacked:
             raise LocalProtocolError(f"stream {stream_id}: acknowledged {size} bytes, "
                                      f"only {stream.unacked} were delivered")
         stream.unacked -= size
         if not self.ended:
             self._h2.acknowledge_received_data(size, stream_id)
-        self._maybe_forget(stream_id)
+        if stream.finished:
+            del self._streams[stream_id]
+            return True
+        return False
 
     def close(self, reason: str = "closed locally") -> list[ev.Event]:
         """Send GOAWAY and end the connection; every stream is gone."""
@@ -264,6 +280,7 @@ class HboneConnection:
 
     def _end(self, reason: str, error_code: int, by_peer: bool) -> list[ev.Event]:
         self.ended = True
+        self.deadline_changes += 1
         self._streams.clear()
         return [ev.ConnectionEnded(reason, int(error_code), by_peer)]
 
@@ -280,6 +297,7 @@ class HboneConnection:
             return [ev.WindowGrew(None)]
         if isinstance(event, h2e.PingAckReceived):
             self._keepalive.acked(bytes(event.ping_data or b""))
+            self.deadline_changes += 1
             return []
         if isinstance(event, h2e.ConnectionTerminated):
             code = int(event.error_code or 0)
@@ -306,15 +324,6 @@ class HboneConnection:
             return []
         stream.unacked += len(data)
         return [ev.DataArrived(sid, data)]
-
-    def _on_fast_data(self, event: ev.DataArrived, out: list[ev.Event]) -> None:
-        sid, size = event.stream_id, len(event.data)
-        stream = self._streams.get(sid)
-        if stream is None or stream.remote_ended:  # a stream we dropped: discard, give credit
-            self._h2.acknowledge_received_data(size, sid)
-            return
-        stream.unacked += size
-        out.append(event)
 
     def _on_stream_ended(self, stream_id: int | None) -> Iterable[ev.Event]:
         stream = self._streams.get(stream_id or 0)

@@ -102,7 +102,8 @@ class _Pump:
         """From the readiness callback, while `sock_to_stream` waits: move what the socket
         has into the stream if the stream takes it at once (no task wake-up). False hands
         the rest (the untaken bytes, EOF, an error) back to `sock_to_stream`."""
-        if not self.stream.writable_now():
+        stream = self.stream
+        if not stream.writable_now():
             return False
         try:
             data = self.sock.recv(self._size)
@@ -113,8 +114,9 @@ class _Pump:
             return False
         if not data:
             return False  # EOF stays: the task's own read sees it
-        self._sized(len(data))
-        taken = self.stream.send_now(data)
+        if len(data) == self._size or self._size != _FIRST_READ:
+            self._sized(len(data))
+        taken = stream.send_now(data)
         self.up += taken
         if taken < len(data):
             self._pending = memoryview(data)[taken:]  # bytes never change: no copy
@@ -150,15 +152,13 @@ class _Pump:
 
     def deliver_now(self, data: bytes | memoryview) -> int:
         """The stream's sink (`HboneStream.set_sink`): what the socket takes at once is
-        delivered and acknowledged here; an error leaves the bytes to `stream_to_sock`,
-        whose own write then reports it."""
+        delivered here (the stream acknowledges it); an error leaves the bytes to
+        `stream_to_sock`, whose own write then reports it."""
         try:
             sent = self.sock.send(data)
         except OSError:
             return 0
-        if sent:
-            self.stream.acknowledge(sent)
-            self.down += sent
+        self.down += sent
         return sent
 
     async def stream_to_sock(self) -> None:

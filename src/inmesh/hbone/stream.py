@@ -66,9 +66,10 @@ class HboneStream:
 
     def set_sink(self, sink: Callable[[bytes | memoryview], int] | None) -> None:
         """Deliver arriving bytes through ``sink`` while the reader waits in `read` with
-        nothing queued: ``sink(data)`` writes without blocking, acknowledges and returns what
-        it wrote (0 on any error); the rest is queued for `read` as usual. This saves the
-        reader a wake-up per message; order and backpressure are unchanged."""
+        nothing queued: ``sink(data)`` writes without blocking and returns what it wrote (0
+        on any error), which the stream then acknowledges; the rest is queued for `read` as
+        usual. This saves the reader a wake-up per message; order and backpressure are
+        unchanged."""
         self._sink = sink
 
     @property
@@ -117,6 +118,13 @@ class HboneStream:
         """Send what the windows and the transport take of ``data`` right now, without
         waiting; return how much (the caller keeps the rest for `write`). Never raises: a
         broken stream takes nothing, and `write` reports why."""
+        shell = self._shell
+        try:
+            if len(data) <= shell.max_write and self.error is None and not shell.paused \
+                    and not self._write_closed:  # the usual case: one frame
+                return shell.send(self.stream_id, data)
+        except InmeshError:
+            return 0
         total = 0
         try:
             while total < len(data) and self.writable_now():
@@ -176,6 +184,8 @@ class HboneStream:
         copied. A bytes object never changes, so the rest of a partial write is a view."""
         if self._sink is not None and self._reader is not None and not self._chunks:
             sent = self._sink(data)
+            if sent and self.error is None:
+                self._shell.acknowledge(self.stream_id, sent)
             if sent == len(data):
                 return
             data = data[sent:] if type(data) is memoryview else memoryview(data)[sent:]

@@ -66,7 +66,8 @@ async def _server(pki: Pki, ready: multiprocessing.connection.Connection) -> Non
 
     async def cpu(c: socket.socket) -> None:
         await loop.sock_recv(c, 1)
-        await loop.sock_sendall(c, str(time.process_time()).encode())
+        t = os.times()
+        await loop.sock_sendall(c, f"{t.user} {t.system}".encode())
         c.close()
 
     async def hbone_conn(c: socket.socket) -> None:
@@ -105,9 +106,16 @@ def _serve(pki: Pki, ready: multiprocessing.connection.Connection) -> None:
 
 
 def _server_cpu(port: int) -> float:
+    """The server process's CPU seconds so far (user + system)."""
+    user, system = _server_times(port)
+    return user + system
+
+
+def _server_times(port: int) -> tuple[float, float]:
     with socket.create_connection((LOCAL_IP, port)) as c:
         c.sendall(b"?")
-        return float(c.recv(100))
+        user, system = c.recv(100).split()
+        return float(user), float(system)
 
 
 async def _client(pki: Pki, ports: tuple[int, int, int, int], total: int) -> None:
@@ -151,19 +159,23 @@ async def _client_rr(pki: Pki, ports: tuple[int, int, int, int], count: int) -> 
         times = []
         for i in range(count + count // 10):
             if i == count // 10:  # after a warm-up tenth
-                cpu0, scpu0 = time.process_time(), _server_cpu(cpu_port)
+                cpu0, stimes0 = os.times(), _server_times(cpu_port)
             t0 = time.perf_counter_ns()
             await stream.write(b"x")
             data = await stream.read()
             stream.acknowledge(len(data))
             times.append(time.perf_counter_ns() - t0)
-        cpu1, scpu1 = time.process_time(), _server_cpu(cpu_port)
+        cpu1, stimes1 = os.times(), _server_times(cpu_port)
         stream.close_write()
         timed = sorted(times[count // 10:])
+
+        def us(seconds: float) -> str:
+            return f"{seconds / count * 1e6:.1f}"
+
         print(f"rr {count}: p50 {timed[len(timed) // 2] / 1e3:.1f} us, "
-              f"p99 {timed[len(timed) * 99 // 100] / 1e3:.1f} us; CPU per round trip: "
-              f"client {(cpu1 - cpu0) / count * 1e6:.1f} us, "
-              f"server {(scpu1 - scpu0) / count * 1e6:.1f} us")
+              f"p99 {timed[len(timed) * 99 // 100] / 1e3:.1f} us; CPU per round trip (user + "
+              f"system): client {us(cpu1.user - cpu0.user)} + {us(cpu1.system - cpu0.system)} us, "
+              f"server {us(stimes1[0] - stimes0[0])} + {us(stimes1[1] - stimes0[1])} us")
 
 
 async def _client_conn(pki: Pki, ports: tuple[int, int, int, int], count: int) -> None:
