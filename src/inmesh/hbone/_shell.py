@@ -224,9 +224,15 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
 
     def _handle(self, events: Iterable[ev.Event]) -> None:
         self._applying += 1
+        streams = self._streams
         try:
             for event in events:
-                self._apply(event)
+                if type(event) is ev.DataArrived:  # the usual event, handled here at once
+                    stream = streams.get(event.stream_id)
+                    if stream is not None:
+                        stream.received(event.data)
+                else:
+                    self._apply(event)
         finally:
             self._applying -= 1
         if not self._applying and self._acked_in_batch:
@@ -241,7 +247,7 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
     def _apply(self, event: ev.Event) -> None:
         stream = self._streams.get(getattr(event, "stream_id", None) or 0)
         if isinstance(event, ev.DataArrived) and stream is not None:
-            stream.received(event.data)
+            stream.received(event.data)  # (`_handle` does this itself)
         elif isinstance(event, ev.PeerEnded) and stream is not None:
             stream.ended_by_peer()
             self._settle(event.stream_id)

@@ -70,15 +70,13 @@ def _window_update(stream_id: int, increment: int) -> WindowUpdateFrame:
 
 
 def _processed(window: WindowManager, size: int) -> int | None:
-    """h2's ``WindowManager.process_bytes``; h2's window algorithm runs only when its
-    condition for an update holds (at half a window, or a closed window), which a tunnel's
-    small acknowledgements almost never meet."""
+    """h2's ``WindowManager.process_bytes``, whose window algorithm runs only when it may
+    grant an update: at half a window processed or a closed window (a superset of h2's own
+    condition, which then decides). A tunnel's small acknowledgements almost never get there."""
     window._bytes_processed += size
-    processed, largest = window._bytes_processed, window.max_window_size
-    if processed >= largest // 2 or (
-            window.current_window_size == 0 and processed > min(1024, largest // 4)):
+    if window._bytes_processed >= window.max_window_size // 2 or not window.current_window_size:
         return window._maybe_update_window()
-    return 0 if processed else None
+    return 0 if window._bytes_processed else None
 
 
 class FastH2Connection(H2Connection):
@@ -114,7 +112,12 @@ class FastH2Connection(H2Connection):
         size = len(payload)
         self.outbound_flow_control_window -= size
         stream.outbound_flow_control_window -= size
-        if size >= ZERO_COPY_MIN and type(payload) is not bytes and not (
+        if size < ZERO_COPY_MIN:  # `_queue_data`'s small case, inline: the usual message
+            self._data_to_send += _FRAME_HEADER.pack(
+                size >> 8, size & 0xFF, _DATA_TYPE, 0, stream.stream_id)
+            self._data_to_send += payload
+            return
+        if type(payload) is not bytes and not (
                 type(payload) is memoryview and type(payload.obj) is bytes):
             payload = bytes(payload)
         self._queue_data(stream.stream_id, 0, payload)
@@ -233,7 +236,10 @@ class FastH2Connection(H2Connection):
                 pos += take
                 if self._body_left:
                     return
-                self._frame_done(events)
+                if self._fast_sid and not self._fast_end:  # a fast frame: nothing left to do
+                    self._fast_sid = 0
+                else:
+                    self._frame_done(events)
                 continue
             # At a frame boundary: a header, whole in the view or pieced together.
             if not self._head and end - pos >= _HEADER_LEN:

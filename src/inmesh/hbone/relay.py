@@ -101,10 +101,9 @@ class _Pump:
     def _read_now(self) -> bool:
         """From the readiness callback, while `sock_to_stream` waits: move what the socket
         has into the stream if the stream takes it at once (no task wake-up). False hands
-        the rest (the untaken bytes, EOF, an error) back to `sock_to_stream`."""
-        stream = self.stream
-        if not stream.writable_now():
-            return False
+        the rest (the untaken bytes, EOF, an error) back to `sock_to_stream`; a stream that
+        cannot take anything (paused, broken) takes nothing, and the task, which would have
+        read the same bytes, waits with them or reports why."""
         try:
             data = self.sock.recv(self._size)
         except (BlockingIOError, InterruptedError):
@@ -116,7 +115,7 @@ class _Pump:
             return False  # EOF stays: the task's own read sees it
         if len(data) == self._size or self._size != _FIRST_READ:
             self._sized(len(data))
-        taken = stream.send_now(data)
+        taken = self.stream.send_now(data)
         self.up += taken
         if taken < len(data):
             self._pending = memoryview(data)[taken:]  # bytes never change: no copy
