@@ -49,8 +49,8 @@ class FakeTransport:
 class Tunnel:
     """A server shell on a fake transport with one accepted CONNECT stream from ``client``."""
 
-    def __init__(self) -> None:
-        settings = HboneSettings()
+    def __init__(self, settings: HboneSettings | None = None) -> None:
+        settings = settings or HboneSettings()
         loop = asyncio.get_running_loop()
         accepted: list[HboneStream] = []
         self.shell = H2Shell(ServerConnection(settings, loop.time(), [POD]),
@@ -151,5 +151,37 @@ def test_bytes_lent_from_the_read_buffer_are_copied_when_kept() -> None:
         feed(client.data_to_send())
         assert seen == [memoryview]  # written out from the buffer itself
         reader.cancel()
+
+    run(main())
+
+
+def _pings(data: bytes) -> int:
+    """PING frames (not ACKs) in a run of whole HTTP/2 frames."""
+    count, pos = 0, 0
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        kind, flags = data[pos + 3], data[pos + 4]
+        count += kind == 0x6 and not flags & 0x1
+        pos += 9 + length
+    return count
+
+
+def test_pings_keep_their_cadence_while_the_peer_answers() -> None:
+    """The shell moves its timer only when the core counts a deadline change: a PING ACK must
+    count, or the next PING would wait for the old ACK deadline (ping_timeout) instead of
+    ping_interval."""
+
+    async def main() -> None:
+        tunnel = Tunnel(HboneSettings(ping_interval=0.02, ping_timeout=5.0))
+        loop = asyncio.get_running_loop()
+        pings = 0
+        end = loop.time() + 0.3
+        while loop.time() < end:
+            await asyncio.sleep(0.005)
+            out = tunnel.transport.take()
+            pings += _pings(out)
+            tunnel.client.receive(out)  # h2 answers each PING with an ACK
+            tunnel.shell.data_received(tunnel.client.data_to_send())
+        assert pings >= 8  # ~15 at a 20 ms cadence; a timer left at the ACK deadline: 1
 
     run(main())
