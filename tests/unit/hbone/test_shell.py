@@ -98,8 +98,8 @@ def test_data_delivered_by_a_sink_and_end_stream_in_one_read_still_end_the_strea
 
         delivered: list[bytes] = []
 
-        def sink(data: bytes) -> int:
-            delivered.append(data)
+        def sink(data: bytes | memoryview) -> int:
+            delivered.append(bytes(data))
             return len(data)  # the stream acknowledges what its sink wrote
 
         stream.set_sink(sink)
