@@ -196,6 +196,18 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
         """GOAWAY, then close the transport once it has flushed."""
         self._handle(self.core.close(reason))
 
+    def drain(self) -> None:
+        """Graceful GOAWAY: the peer opens no more streams here, those that exist finish,
+        then the connection closes (at once if none is left)."""
+        self.core.drain()
+        self._flush()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self.core.drained:
+            log.debug("HBONE %s: drained", self.label)
+            self.close("drained")
+
     def abort(self) -> None:
         """Drop the connection at once (the drain deadline passed)."""
         if self._transport is not None:
@@ -221,6 +233,8 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
 
     def _forget(self, stream_id: int) -> None:
         self._streams.pop(stream_id, None)
+        if self.core.going_away:  # the last stream of a draining connection closes it
+            self._loop.call_soon(self._close_if_drained)
 
     def _handle(self, events: Iterable[ev.Event]) -> None:
         self._applying += 1
@@ -243,6 +257,8 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
         self._flush()
         if self.core.deadline_changes != self._deadline_seen:  # a PING ACK, a tick, the end
             self._schedule()
+        if self.core.going_away and not self._applying:  # the peer's GOAWAY, maybe no stream
+            self._close_if_drained()
 
     def _apply(self, event: ev.Event) -> None:
         stream = self._streams.get(getattr(event, "stream_id", None) or 0)

@@ -3,7 +3,9 @@
 Connections are shared by key (source identity, destination identity, source IP, destination
 address), up to ``client_max_streams`` streams each; a full pool dials another connection. Openers
 of a key that has no room share one dial (no handshake storm, ztunnel #864). A connection left
-without streams for ``idle_timeout`` closes itself and leaves the pool. Sockets come from the
+without streams for ``idle_timeout`` closes itself and leaves the pool. A connection whose server
+drains (GOAWAY) takes no new streams, keeps its tunnels and closes after the last; a CONNECT it
+refused unprocessed (REFUSED_STREAM) is retried on another connection. Sockets come from the
 caller (`make_socket`), so namespaces and marks stay the proxy's business.
 """
 
@@ -16,9 +18,11 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from h2.errors import ErrorCodes
+
 from inmesh.hbone._shell import H2Shell
 from inmesh.hbone._sockets import ensure_connected, release
-from inmesh.hbone.errors import HboneConnectionError
+from inmesh.hbone.errors import HboneConnectionError, StreamResetError
 from inmesh.hbone.headers import Header, Target
 from inmesh.hbone.protocol import ClientConnection
 from inmesh.hbone.settings import HboneSettings
@@ -27,6 +31,9 @@ from inmesh.hbone.tls import peer_identity
 from inmesh.identity import SpiffeId
 
 log = logging.getLogger(__name__)
+
+REFUSED_RETRIES = 3
+"""How often one `HbonePool.open` retries a CONNECT a draining server refused unprocessed."""
 
 MakeSocket = Callable[[], Awaitable[socket.socket]]
 """Returns a TCP socket for the destination, connected or not (the pool then connects it)."""
@@ -54,6 +61,8 @@ class HbonePool:
         self.settings = settings or HboneSettings()
         self.dials = 0
         """TCP+TLS connections attempted so far (each one a full handshake)."""
+        self.retries = 0
+        """CONNECTs retried because a draining server refused them unprocessed."""
         self._conns: dict[PoolKey, list[H2Shell[ClientConnection]]] = {}
         self._dialing: dict[PoolKey, asyncio.Task[H2Shell[ClientConnection]]] = {}
 
@@ -69,6 +78,7 @@ class HbonePool:
         ``expected_ids``. Raises `HboneConnectionError` (dial, TLS, connection lost),
         `PeerIdentityError` (wrong server) or `ConnectRejected` (non-200)."""
         headers = list(headers)
+        refusals = 0
         while True:
             shell = self._available(key)
             if shell is None:
@@ -77,7 +87,19 @@ class HbonePool:
                     raise shell.failure or HboneConnectionError(f"HBONE {key}: closed at once")
                 if shell.core.capacity <= 0:
                     continue  # other openers of the same dial took every slot
-            return await shell.connect(authority, headers)
+            try:
+                return await shell.connect(authority, headers)
+            except HboneConnectionError as exc:
+                # The server drained as we asked: it never processed the CONNECT (RFC 9113
+                # 8.7), so it is retried on another connection, a few times at most.
+                cause = exc.__cause__
+                if (not isinstance(cause, StreamResetError)
+                        or cause.error_code != ErrorCodes.REFUSED_STREAM
+                        or refusals >= REFUSED_RETRIES):
+                    raise
+                refusals += 1
+                self.retries += 1
+                log.debug("HBONE %s: CONNECT refused by a draining server, retrying", key)
 
     async def close(self) -> None:
         """Close every connection (GOAWAY; tunnels are reset) and forget them."""
@@ -93,6 +115,8 @@ class HbonePool:
             for shell in shells:
                 if not shell.closed.done():
                     shell.abort()
+            # uvloop releases a transport's socket one loop turn after connection_lost.
+            await asyncio.sleep(0)
 
     # -- internals -------------------------------------------------------------------------
 

@@ -18,8 +18,11 @@ the DATA frames of healthy streams taken off that path, in both directions:
   eligible) goes to h2 whole, through h2's own frame buffer and dispatch, so errors, GOAWAY
   codes and events are h2's.
 
-Everything else (HEADERS, SETTINGS, WINDOW_UPDATE, RST_STREAM, PING, GOAWAY, flow-control credit
-back to the peer) is h2 unchanged. Frames h2 queues and frames emitted here leave in the order
+A graceful GOAWAY (NO_ERROR) is kept from h2 in both directions (`GoingAway`, `queue_goaway`):
+h2's state machine would close the whole connection at once (python-hyper/h2#1181), while
+HTTP/2 lets the streams the GOAWAY covers finish. Everything else (HEADERS, SETTINGS,
+WINDOW_UPDATE, RST_STREAM, PING, a GOAWAY with an error, flow-control credit back to the peer)
+is h2 unchanged. Frames h2 queues and frames emitted here leave in the order
 they were produced (`chunks_to_send`).
 """
 
@@ -35,7 +38,7 @@ from h2.exceptions import FlowControlError, FrameTooLargeError, ProtocolError
 from h2.stream import H2Stream, StreamState
 from h2.windows import WindowManager
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
-from hyperframe.frame import DataFrame, Frame, WindowUpdateFrame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, WindowUpdateFrame
 
 from inmesh.hbone import events as ev
 
@@ -77,6 +80,20 @@ def _processed(window: WindowManager, size: int) -> int | None:
     if window._bytes_processed >= window.max_window_size // 2 or not window.current_window_size:
         return window._maybe_update_window()
     return 0 if window._bytes_processed else None
+
+
+class GoingAway:
+    """The peer sent GOAWAY with NO_ERROR: it processes no stream above ``last_stream_id``
+    (of those we opened) and opens none itself; the streams up to it may finish."""
+
+    __slots__ = ("last_stream_id",)
+
+    def __init__(self, last_stream_id: int) -> None:
+        self.last_stream_id = last_stream_id
+
+
+Received = Event | ev.DataArrived | GoingAway
+"""What `FastH2Connection.receive_data` returns: h2's events, fast-lane data, a graceful GOAWAY."""
 
 
 class FastH2Connection(H2Connection):
@@ -164,6 +181,15 @@ class FastH2Connection(H2Connection):
             self._queue_data(frame.stream_id & 0x7FFFFFFF,
                              _END_STREAM if "END_STREAM" in frame.flags else 0, frame.data)
 
+    def queue_goaway(self, last_stream_id: int) -> None:
+        """Send GOAWAY (NO_ERROR, ``last_stream_id``) without h2's state change: the
+        connection stays open for the streams that exist (h2's ``close_connection`` would end
+        it). Closing it later with ``close_connection`` sends the final GOAWAY."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = ErrorCodes.NO_ERROR
+        self._prepare_for_sending([frame])
+
     @property
     def has_output(self) -> bool:
         return bool(self._chunks or self._data_to_send)
@@ -189,12 +215,12 @@ class FastH2Connection(H2Connection):
     # -- receiving -------------------------------------------------------------------------
 
     def receive_data(  # type: ignore[override]
-            self, data: Buffer, borrowed: bool = False) -> list[Event | ev.DataArrived]:
+            self, data: Buffer, borrowed: bool = False) -> list[Received]:
         """h2's ``receive_data``, with eligible DATA bodies returned as `ev.DataArrived` (not
         yet counted as delivered: the caller acknowledges them) among h2's events. With
         ``borrowed``, bodies are views into ``data`` (no copy): the caller must be done with
         them, or copy them, before it reuses its buffer."""
-        events: list[Event | ev.DataArrived] = []
+        events: list[Received] = []
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
         self._borrowed = borrowed
         try:
@@ -208,7 +234,7 @@ class FastH2Connection(H2Connection):
         return events
 
     def _cut(self, view: memoryview, data: Buffer,
-             events: list[Event | ev.DataArrived]) -> None:
+             events: list[Received]) -> None:
         buffer = self.incoming_buffer
         if buffer._preamble_len:  # server: h2 checks the client preface
             taken = min(buffer._preamble_len, len(view))
@@ -293,7 +319,7 @@ class FastH2Connection(H2Connection):
                 raise FlowControlError("Flow control window shrunk below 0")
         self._fast_sid, self._fast_end = stream_id, bool(flags & _END_STREAM)
 
-    def _frame_done(self, events: list[Event | ev.DataArrived]) -> None:
+    def _frame_done(self, events: list[Received]) -> None:
         """The current frame is complete: hand a slow one to h2; end a fast one's stream."""
         if self._fast_sid:
             sid, self._fast_sid = self._fast_sid, 0
@@ -304,4 +330,8 @@ class FastH2Connection(H2Connection):
         buffer.add_data(self._slow)
         self._slow.clear()
         for frame in buffer:
+            if (type(frame) is GoAwayFrame and frame.error_code == ErrorCodes.NO_ERROR
+                    and self.state_machine.state in _OPEN_CONNECTION):
+                events.append(GoingAway(frame.last_stream_id))  # graceful: not h2's to end
+                continue
             events.extend(self._receive_frame(frame))

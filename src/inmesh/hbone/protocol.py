@@ -26,7 +26,7 @@ from h2.settings import SettingCodes, Settings
 
 from inmesh.errors import LocalProtocolError
 from inmesh.hbone import events as ev
-from inmesh.hbone.h2fast import Buffer, FastH2Connection
+from inmesh.hbone.h2fast import Buffer, FastH2Connection, GoingAway, Received
 from inmesh.hbone.headers import BadConnect, Header, Target, connect_request, judge_connect
 from inmesh.hbone.keepalive import Keepalive
 from inmesh.hbone.settings import HboneSettings
@@ -55,6 +55,10 @@ class HboneConnection:
                  idle_timeout: float | None = None) -> None:
         self.settings = settings
         self.ended = False
+        self.going_away = False
+        """GOAWAY (NO_ERROR) sent (`drain`) or received: no new streams; the streams that
+        exist finish, and then the connection is `drained`."""
+        self._goaway_last: int | None = None  # the last peer stream our GOAWAY let in
         self.deadline_changes = 0
         """Counts the changes of `next_deadline`: a shell that saw the same count need not
         ask again."""
@@ -244,8 +248,24 @@ class HboneConnection:
         """Send GOAWAY and end the connection; every stream is gone."""
         if self.ended:
             return []
-        self._h2.close_connection(ErrorCodes.NO_ERROR)
+        # After a graceful GOAWAY the last stream id may not grow (RFC 9113 6.8).
+        self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._goaway_last)
         return self._end(reason, ErrorCodes.NO_ERROR, False)
+
+    def drain(self) -> None:
+        """Graceful GOAWAY (NO_ERROR): the peer opens no more streams on this connection
+        (later ones are refused with REFUSED_STREAM, which a client may retry elsewhere);
+        the streams that exist finish. Close the connection once it is `drained`."""
+        if self.ended or self._goaway_last is not None:
+            return
+        self._goaway_last = self._h2.highest_inbound_stream_id
+        self.going_away = True
+        self._h2.queue_goaway(self._goaway_last)
+
+    @property
+    def drained(self) -> bool:
+        """Going away and no stream left: time to `close`."""
+        return self.going_away and not self._streams and not self.ended
 
     # -- internals -------------------------------------------------------------------------
 
@@ -284,7 +304,9 @@ class HboneConnection:
         self._streams.clear()
         return [ev.ConnectionEnded(reason, int(error_code), by_peer)]
 
-    def _dispatch(self, event: h2e.Event) -> Iterable[ev.Event]:
+    def _dispatch(self, event: Received) -> Iterable[ev.Event]:
+        if isinstance(event, GoingAway):
+            return self._on_going_away(event.last_stream_id)
         if isinstance(event, h2e.DataReceived):
             return self._on_data(event)
         if isinstance(event, h2e.StreamEnded):
@@ -305,11 +327,23 @@ class HboneConnection:
             return self._end(f"peer sent GOAWAY ({error_name(code)}{detail})", code, True)
         if isinstance(event, h2e.TrailersReceived) and event.stream_id in self._streams:
             return self._violation(event.stream_id)
+        if isinstance(event, ev.DataArrived):  # handled by `receive` itself
+            return []
         return self._on_headers(event)
 
     def _on_headers(self, event: h2e.Event) -> Iterable[ev.Event]:
         """Request or response heads; the subclasses know which they expect."""
         return []
+
+    def _on_going_away(self, last: int) -> list[ev.Event]:
+        """The peer drains: our streams above ``last`` were never processed (reset them,
+        REFUSED_STREAM: safe to retry elsewhere); the others go on."""
+        self.going_away = True
+        ours = 1 if self._h2.config.client_side else 0  # odd stream ids are the client's
+        refused = [sid for sid in self._streams if sid > last and sid % 2 == ours]
+        for sid in refused:
+            self.reset(sid, ErrorCodes.CANCEL)
+        return [ev.StreamReset(sid, ErrorCodes.REFUSED_STREAM, True) for sid in refused]
 
     def _on_data(self, event: h2e.DataReceived) -> Iterable[ev.Event]:
         sid = event.stream_id or 0  # h2 always sets the id and data of a DATA event
@@ -356,7 +390,7 @@ class ClientConnection(HboneConnection):
     def capacity(self) -> int:
         """How many more streams may be opened now: our cap and the server's limit, minus
         the streams still in use."""
-        if self.ended:
+        if self.ended or self.going_away:
             return 0
         limit = min(self.settings.client_max_streams,
                     self._h2.remote_settings.max_concurrent_streams)
@@ -414,6 +448,9 @@ class ServerConnection(HboneConnection):
             return []
         sid = event.stream_id
         self._streams[sid] = _Stream()
+        if self._goaway_last is not None and sid > self._goaway_last:
+            self.reset(sid, ErrorCodes.REFUSED_STREAM)  # opened after our GOAWAY: retry elsewhere
+            return []
         try:
             head = judge_connect(list(event.headers or []), self.local_ips)
         except BadConnect as exc:

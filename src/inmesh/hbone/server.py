@@ -73,12 +73,16 @@ OpenUpstream = Callable[[ConnectRequest], Awaitable[socket.socket]]
 async def serve_hbone(sock: socket.socket, ssl_ctx: ssl.SSLContext, local_ips: Collection[str],
                       trust_domain: str, open_upstream: OpenUpstream,
                       on_stream_done: Callable[[StreamDone], None] | None = None,
-                      settings: HboneSettings | None = None) -> None:
+                      settings: HboneSettings | None = None,
+                      drain: asyncio.Future[None] | None = None) -> None:
     """Serve one accepted connection until it ends; takes ownership of ``sock``.
 
     ``open_upstream`` returns a socket for the request, connected or not (it is then connected
-    to ``request.target`` within ``connect_timeout``). Never raises but `CancelledError`, on
-    which every tunnel is reset and the connection dropped.
+    to ``request.target`` within ``connect_timeout``). Once ``drain`` is done, the connection
+    goes away gracefully: GOAWAY, the tunnels it has finish, new CONNECTs are refused
+    (REFUSED_STREAM: the client retries elsewhere), and it closes after the last tunnel.
+    Never raises but `CancelledError`, on which every tunnel is reset and the connection
+    dropped.
     """
     settings = settings or HboneSettings()
     loop = asyncio.get_running_loop()
@@ -103,11 +107,19 @@ async def serve_hbone(sock: socket.socket, ssl_ctx: ssl.SSLContext, local_ips: C
             log.info("HBONE %s: TLS handshake failed: %s", label, exc)
             release(sock)
             return
+        def go_away(_: asyncio.Future[None]) -> None:
+            shell.drain()
+
+        if drain is not None:
+            drain.add_done_callback(go_away)  # already done: on the next loop turn
         try:
             await shell.closed
         except asyncio.CancelledError:
             shell.abort()
             raise
+        finally:
+            if drain is not None:
+                drain.remove_done_callback(go_away)
 
 
 class _Served:

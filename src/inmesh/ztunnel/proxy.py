@@ -104,6 +104,8 @@ class PodProxy:
             withdrawn = asyncio.get_running_loop().create_task(
                 self._offload.withdraw(self.uid, deadline))
         self._close_listeners(accept_queued=deadline is not None)
+        if self._tunnels is not None:
+            self._tunnels.start_drain()  # HBONE peers move new tunnels elsewhere (GOAWAY)
         pending = set(self._conns)
         if pending and deadline is not None:
             timeout = max(0.0, deadline - asyncio.get_running_loop().time())

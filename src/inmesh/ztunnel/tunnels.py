@@ -78,6 +78,13 @@ class PodTunnels:
         self._opened: dict[ConnectRequest, TrafficLabels] = {}
         self._inbound_elsewhere = inbound_elsewhere
         """Inbound streams this pod's workers serve (`inmesh.ztunnel.offload`), for the dump."""
+        self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def start_drain(self) -> None:
+        """The pod's proxy is leaving: every inbound HBONE connection sends GOAWAY, so peers
+        open new tunnels elsewhere (a successor ztunnel) while these finish."""
+        if not self._draining.done():
+            self._draining.set_result(None)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -151,7 +158,7 @@ class PodTunnels:
             raise
         await serve_hbone(sock, ctx, [local.ip], own.trust_domain,
                           lambda request: self._upstream(own, request), self._stream_done,
-                          self._mesh.hbone)
+                          self._mesh.hbone, self._draining)
 
     async def _upstream(self, own: SpiffeId, request: ConnectRequest) -> socket.socket:
         """The app's side of a tunnel, connected from the client pod's IP (transparent)."""

@@ -244,6 +244,7 @@ class Worker:
         if deadline is not None:
             self._accept(pod)  # what the kernel already completed is served, not reset
         pod.listener.close()
+        pod.tunnels.start_drain()  # HBONE peers move new tunnels elsewhere (GOAWAY)
         pending = set(pod.conns)
         if pending and deadline is not None:
             _, pending = await asyncio.wait(pending, timeout=max(0.0, deadline

@@ -157,6 +157,17 @@ class Rig:
     accepted: int = 0
     requests: list[ConnectRequest] = field(default_factory=list)
     app_conns: list[socket.socket] = field(default_factory=list)
+    finished: int = 0
+    """Served connections that have ended."""
+    draining: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    """Done by `drain_existing`; each accepted connection gets the one current at its accept."""
+
+    def drain_existing(self) -> None:
+        """Drain the connections accepted so far (GOAWAY on the next loop turn); later ones
+        are served normally."""
+        self.draining.set_result(None)
+        self.draining = asyncio.get_running_loop().create_future()
 
     def key(self, source: SpiffeId = CLIENT_ID, dest: SpiffeId = SERVER_ID) -> PoolKey:
         return PoolKey(source, dest, LOCAL_IP, self.hbone)
@@ -192,14 +203,18 @@ async def rig(pki: Pki, app: Handler = echo, server_ctx: ssl.SSLContext | None =
                 r.app_conns.append(conn)
                 tg.create_task(_app_conn(app, conn))
 
+    async def serve_one(conn: socket.socket) -> None:
+        await serve_hbone(conn, ctx, [LOCAL_IP], "cluster.local",
+                          open_upstream or default_upstream, r.done.append, settings,
+                          r.draining)
+        r.finished += 1
+
     async def serve_hbone_listener() -> None:
         async with asyncio.TaskGroup() as tg:
             while True:
                 conn, _ = await loop.sock_accept(hb_lsn)
                 r.accepted += 1
-                tg.create_task(serve_hbone(conn, ctx, [LOCAL_IP], "cluster.local",
-                                           open_upstream or default_upstream, r.done.append,
-                                           settings))
+                tg.create_task(serve_one(conn))
 
     tasks = [asyncio.create_task(serve_app()), asyncio.create_task(serve_hbone_listener())]
     try:

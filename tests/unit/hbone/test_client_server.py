@@ -16,6 +16,7 @@ from inmesh.hbone import (
     ConnectRequest,
     HboneConnectionError,
     HboneSettings,
+    HboneStream,
     PoolKey,
     StreamResetError,
 )
@@ -385,4 +386,54 @@ def test_an_app_that_reads_one_tunnel_only_after_another_does_not_deadlock(pki: 
             a.close_write()
             await eventually(lambda: a_received == [len(big)])
             assert (p.dials, r.accepted) == (1, 1)
+    run(go())
+
+
+async def _echo(stream: HboneStream, payload: bytes) -> bytes:
+    await stream.write(payload)
+    got = b""
+    while len(got) < len(payload):
+        data = await stream.read()
+        assert data, "stream ended early"
+        got += bytes(data)
+        stream.acknowledge(len(data))
+    return got
+
+
+def test_a_draining_server_keeps_its_tunnels_and_sends_new_ones_elsewhere(pki: Pki) -> None:
+    """GOAWAY from a draining server (ztunnel handing over): the tunnel it has keeps working
+    both ways, the next tunnel goes over a new connection (which would reach the successor),
+    and the drained connection closes after its last tunnel."""
+
+    async def go() -> None:
+        async with rig(pki) as r, pool() as p:
+            old = await open_stream(p, r, pki)
+            assert await _echo(old, b"one") == b"one"
+            r.drain_existing()
+            await asyncio.sleep(0.05)  # the GOAWAY reaches the client
+            new = await open_stream(p, r, pki)
+            assert (p.dials, r.accepted, p.retries) == (2, 2, 0)
+            assert await _echo(old, b"two") == b"two"
+            assert await _echo(new, b"three") == b"three"
+            old.close_write()
+            assert await read_stream(old) == b""
+            await eventually(lambda: r.finished == 1)  # the drained connection closed
+            assert p.connections() == 1
+            assert await _echo(new, b"four") == b"four"
+    run(go())
+
+
+def test_a_connect_crossing_the_goaway_is_retried_on_a_new_connection(pki: Pki) -> None:
+    """The client sends its CONNECT before the server's GOAWAY reaches it: the server refuses
+    it unprocessed (REFUSED_STREAM) and the pool retries it on a fresh connection."""
+
+    async def go() -> None:
+        async with rig(pki) as r, pool() as p:
+            old = await open_stream(p, r, pki)
+            r.drain_existing()
+            await asyncio.sleep(0)  # the server sends its GOAWAY; the client reads it later
+            new = await open_stream(p, r, pki)  # so the CONNECT goes on the old connection
+            assert (p.dials, r.accepted, p.retries) == (2, 2, 1)
+            assert await _echo(new, b"retried") == b"retried"
+            assert await _echo(old, b"kept") == b"kept"
     run(go())

@@ -12,7 +12,7 @@ import h2.exceptions
 import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
-from hyperframe.frame import Frame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import Frame, GoAwayFrame, SettingsFrame, WindowUpdateFrame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -296,7 +296,80 @@ def test_idle_client_connection_closes_itself_with_goaway() -> None:
         pair.pump()
     assert 30.0 <= now <= 40.0  # idle_timeout, sampled at the PING cadence
     assert "idle" in ended[0].reason  # type: ignore[attr-defined]
-    assert [type(e) for e in pair.take(pair.at_server, ev.ConnectionEnded)] == [ev.ConnectionEnded]
+    # Its GOAWAY (NO_ERROR) is graceful: the server, with no stream left, is drained (its
+    # shell closes it; the TCP close would end it anyway).
+    assert pair.take(pair.at_server, ev.ConnectionEnded) == []
+    assert pair.server.drained
+
+
+def test_drain_lets_streams_finish_and_refuses_new_ones() -> None:
+    """The server drains (ztunnel leaving): GOAWAY(NO_ERROR, last stream), the tunnel that
+    exists goes on both ways, the client opens no more streams, and a CONNECT that crossed
+    the GOAWAY is refused with REFUSED_STREAM (never processed: safe to retry elsewhere)."""
+    pair = Pair()
+    sid = pair.tunnel()
+    crossing = pair.client.open_stream(APP)  # sent before the client sees the GOAWAY
+    pair.server.drain()
+    goaway = [f for f in frames(pair.server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert [(f.last_stream_id, f.error_code) for f in goaway] == [(sid, ErrorCodes.NO_ERROR)]
+    pair.server.drain()  # once only
+    assert pair.server.going_away
+    assert not pair.server.drained
+
+    # Deliver the GOAWAY by hand (taken above to look at it), then the crossing CONNECT.
+    goaway_bytes = goaway[0].serialize()
+    pair.at_client += pair.client.receive(goaway_bytes)
+    assert pair.client.going_away
+    assert pair.client.capacity == 0
+    assert pair.take(pair.at_client, ev.StreamReset) == [
+        ev.StreamReset(crossing, ErrorCodes.REFUSED_STREAM, True)]
+    pair.pump()
+    assert pair.take(pair.at_server, ev.ConnectReceived) == []  # refused, not judged
+
+    pair.client.send(sid, b"still")
+    pair.server.send(sid, b"here")
+    pair.pump()
+    assert received_bytes(pair.at_server, sid) == 5
+    assert received_bytes(pair.at_client, sid) == 4
+    assert not pair.client.ended
+    assert not pair.server.ended
+
+    pair.client.end_stream(sid)
+    pair.server.end_stream(sid)
+    pair.pump()
+    pair.client.acknowledge(sid, 4)
+    pair.server.acknowledge(sid, 5)
+    assert pair.server.drained
+    assert pair.client.drained
+    pair.server.close("drained")
+    final = [f for f in frames(pair.server.data_to_send()) if isinstance(f, GoAwayFrame)]
+    assert [f.last_stream_id for f in final] == [sid]  # never higher than the first GOAWAY
+
+
+def test_a_crossing_connect_is_refused_by_a_draining_server() -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    pair.server.drain()
+    late = pair.client.open_stream(APP)  # the client has not seen the GOAWAY yet
+    pair.at_server += pair.server.receive(pair.client.data_to_send())
+    assert pair.take(pair.at_server, ev.ConnectReceived) == []
+    refused = [f for f in frames(pair.server.data_to_send()) if f.stream_id == late]
+    assert [(type(f).__name__, getattr(f, "error_code", None)) for f in refused] == [
+        ("RstStreamFrame", ErrorCodes.REFUSED_STREAM)]
+    assert pair.server.has_stream(sid)
+    assert not pair.server.has_stream(late)
+
+
+def test_a_goaway_with_an_error_still_ends_the_connection() -> None:
+    pair = Pair()
+    sid = pair.tunnel()
+    frame = GoAwayFrame(0)
+    frame.last_stream_id, frame.error_code = sid, ErrorCodes.INTERNAL_ERROR
+    [ended] = pair.client.receive(frame.serialize())
+    assert isinstance(ended, ev.ConnectionEnded)
+    assert ended.by_peer
+    assert ended.error_code == ErrorCodes.INTERNAL_ERROR
+    assert pair.client.ended
 
 
 def test_connection_with_streams_is_never_idle() -> None:
@@ -501,6 +574,8 @@ def _receive_all(conn: h2.connection.H2Connection, pieces: list[bytes]) -> tuple
         dict[int, bytes], list[object], bytes]:
     """What a server connection makes of ``pieces``: the DATA bytes per stream (from h2's
     events or the fast lane's), every other event by kind, and the error or what it would send."""
+    from inmesh.hbone.h2fast import GoingAway
+
     data: dict[int, bytes] = {}
     others: list[object] = []
     outcome = b""
@@ -510,6 +585,14 @@ def _receive_all(conn: h2.connection.H2Connection, pieces: list[bytes]) -> tuple
                 if isinstance(event, h2.events.DataReceived | ev.DataArrived):
                     sid = event.stream_id or 0
                     data[sid] = data.get(sid, b"") + bytes(event.data or b"")
+                elif isinstance(event, GoingAway) or (
+                        isinstance(event, h2.events.ConnectionTerminated)
+                        and event.error_code == ErrorCodes.NO_ERROR):
+                    # A graceful GOAWAY: h2 closes the connection (and drops what it had to
+                    # send), the fast lane keeps it for the streams that exist. Compared up
+                    # to here.
+                    others.append(("graceful GOAWAY", getattr(event, "last_stream_id", None)))
+                    return data, others, b""
                 else:
                     others.append((type(event).__name__, getattr(event, "stream_id", None)))
         outcome = conn.data_to_send()
@@ -518,9 +601,10 @@ def _receive_all(conn: h2.connection.H2Connection, pieces: list[bytes]) -> tuple
     return data, others, outcome
 
 
-def _peer_wire(overrun: bool) -> bytes:
+def _peer_wire(overrun: bool, goaway: bool = False) -> bytes:
     """A client's bytes: CONNECT, DATA (plain, padded, large, one carrying END_STREAM on a
-    second stream), PING, and with ``overrun`` more DATA than the server's window allows."""
+    second stream), PING, and with ``overrun`` more DATA than the server's window allows; with
+    ``goaway`` the bytes end with a graceful GOAWAY after the PING."""
     raw = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     raw.initiate_connection()
     raw.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
@@ -528,6 +612,10 @@ def _peer_wire(overrun: bool) -> bytes:
     raw.send_data(1, b"a" * 100)
     raw.send_data(1, b"b" * 50, pad_length=7)
     raw.ping(b"12345678")
+    if goaway:  # NO_ERROR; the wire ends there: stock h2 fails any frame after a GOAWAY
+        goaway_frame = GoAwayFrame(0)
+        goaway_frame.last_stream_id, goaway_frame.error_code = 0, ErrorCodes.NO_ERROR
+        return raw.data_to_send() + goaway_frame.serialize()
     raw.send_data(3, b"d" * 1000, end_stream=True)
     raw.send_data(1, bytes(range(256)) * 40)
     raw.send_data(1, b"")
@@ -542,17 +630,20 @@ def _peer_wire(overrun: bool) -> bytes:
 @settings(max_examples=150, deadline=None)
 @given(junk=st.binary(max_size=300), keep=st.integers(min_value=0, max_value=12_000),
        cuts=st.lists(st.integers(min_value=1, max_value=3000), max_size=8),
-       overrun=st.booleans())
+       overrun=st.booleans(), goaway=st.booleans())
 def test_fast_lane_receives_what_h2_receives(junk: bytes, keep: int, cuts: list[int],
-                                             overrun: bool) -> None:
+                                             overrun: bool, goaway: bool) -> None:
     """Frames cut anywhere, then junk, in any chunking: the fast lane delivers the same bytes
     per stream (some sooner: a body is passed on as it arrives, so h2 may lag by the part of
     one frame), the same other events and the same errors with the same codes as stock h2,
-    and leaves the same bytes to send (SETTINGS and PING ACKs, GOAWAY). One difference is
-    wanted: an overlong frame is refused at its header, where h2 first buffers all of it."""
+    and leaves the same bytes to send (SETTINGS and PING ACKs, GOAWAY). Two differences are
+    wanted: an overlong frame is refused at its header, where h2 first buffers all of it; a
+    graceful GOAWAY does not end the connection (compared up to it)."""
     from inmesh.hbone.h2fast import FastH2Connection
 
-    wire = _peer_wire(overrun)
+    wire = _peer_wire(overrun, goaway)
+    if goaway:
+        junk = b""  # stock h2 cannot take any frame after a GOAWAY (python-hyper/h2#1181)
     complete = keep >= len(wire)
     wire = wire[:keep] + junk
     pieces, offset = [], 0

@@ -7,6 +7,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from inmesh.hbone._shell import H2Shell
 from inmesh.hbone.errors import StreamResetError
@@ -67,16 +69,19 @@ class Tunnel:
 
 
 def test_end_stream_and_goaway_in_one_read_fail_the_stream() -> None:
-    """The client half-closes and hangs up at once: the server's stream must break (its relay
-    resets the app side), not look alive with its connection gone (close_write would raise)."""
+    """The client half-closes and hangs up at once (GOAWAY with an error): the server's stream
+    must break (its relay resets the app side), not look alive with its connection gone
+    (close_write would raise)."""
 
     async def main() -> None:
         tunnel = Tunnel()
         shell, client, stream, sid = tunnel.shell, tunnel.client, tunnel.stream, tunnel.sid
 
         client.end_stream(sid)
-        client.close()
-        shell.data_received(client.data_to_send())  # END_STREAM and GOAWAY in one read
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id, goaway.error_code = 0, ErrorCodes.INTERNAL_ERROR
+        # END_STREAM and GOAWAY in one read
+        shell.data_received(client.data_to_send() + goaway.serialize())
 
         assert stream.error is not None
         stream.close_write()  # a no-op now, not LocalProtocolError

@@ -146,15 +146,17 @@ async def pods(tmp_path: Path, server_info: WorkloadInfo = DB) -> AsyncIterator[
         lsn.setblocking(False)
     sockets.hbone_port = hbone.getsockname()[1]
 
+    pods = Pods(client, server, certs, metrics, table, app.getsockname()[1], closed_port)
+
     async def accept_hbone() -> None:
         async with asyncio.TaskGroup() as tasks:
             while True:
                 conn, _ = await loop.sock_accept(hbone)
-                tasks.create_task(server.inbound(conn))
+                tasks.create_task(pods.server.inbound(conn))  # the server at accept time
 
     tasks = [loop.create_task(accept_hbone()), loop.create_task(echo_app(app))]
     try:
-        yield Pods(client, server, certs, metrics, table, app.getsockname()[1], closed_port)
+        yield pods
     finally:
         await client.close()
         for task in tasks:
@@ -251,5 +253,35 @@ def test_a_server_pod_without_its_certificate_resets_inbound_connections(
                 await p.tunnel(b"x")
             assert p.sample("istio_tcp_connections_failed_total", reporter="destination",
                             response_flags="IDENTITY_ERROR", destination_workload="db-0") == 1
+
+    run(go())
+
+
+def test_a_draining_pod_finishes_its_tunnels_while_new_ones_take_a_new_connection(
+        tmp_path: Path) -> None:
+    """The server pod's proxy drains (ztunnel handing over): its HBONE connections send
+    GOAWAY, so the next tunnel dials a new connection (the successor's listener, in real
+    life), and the tunnel in flight finishes over the old one."""
+
+    async def go() -> None:
+        async with pods(tmp_path) as p:
+            loop = asyncio.get_running_loop()
+            app, proxy_side = await _tcp_pair()
+            long = loop.create_task(p.client.outbound(proxy_side, p.route()))
+            with app:
+                await loop.sock_sendall(app, b"before ")
+                await wait_for(lambda: p.sample("istio_tcp_connections_opened_total",
+                                                **mtls("destination")) == 1)
+                leaving = p.server
+                p.server = PodTunnels("shop/db-0", DB, leaving._mesh, LoopbackSockets(),
+                                      ProxySettings(connect_timeout=5), p.metrics)  # successor
+                leaving.start_drain()  # (its listener would close: the successor's serves)
+                assert await p.tunnel(b"new") == b"new"
+                assert p.client.pool.dials == 2
+                await loop.sock_sendall(app, b"and after the drain")
+                app.shutdown(socket.SHUT_WR)
+                assert await read_all(app) == b"before and after the drain"
+            await long
+            await wait_for(lambda: p.client.pool.connections() == 1)  # the drained one closed
 
     run(go())
