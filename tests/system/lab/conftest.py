@@ -7,6 +7,7 @@ list, so a failing test leaves nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -110,3 +111,26 @@ def processes_mentioning(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+WORKER_MODULE = "inmesh.ztunnel.worker"
+
+
+def worker_pids(ztunnel_pid: int) -> list[int]:
+    """ztunnel's inbound worker processes (its children running the worker module)."""
+    out = []
+    for tid in os.listdir(f"/proc/{ztunnel_pid}/task"):
+        with open(f"/proc/{ztunnel_pid}/task/{tid}/children") as f:
+            for child in f.read().split():
+                with open(f"/proc/{child}/cmdline", "rb") as c:
+                    if WORKER_MODULE.encode() in c.read():
+                        out.append(int(child))
+    return out
+
+
+def pids_on_15008(pod_netns: str, state: str) -> set[int]:
+    """Pids holding sockets of port 15008 in ``state`` (listening, established) in the pod."""
+    text = subprocess.run(
+        ["nsenter", f"--net={pod_netns}", "ss", "-tnpH", "state", state, "( sport = :15008 )"],
+        capture_output=True, text=True, check=True, timeout=10).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", text)}

@@ -5,10 +5,8 @@ until a new worker is up, so mesh traffic between two pods of one node never sto
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
-import subprocess
 
 from inmesh.constants import LABEL_DATAPLANE_MODE
 from inmesh.errors import InmeshError
@@ -18,7 +16,7 @@ from inmesh.lab.meshview import tunnel_of
 from inmesh.lab.observe import ztunnel_config_dump, ztunnel_metrics
 from inmesh.lab.pods import PodSpec
 from inmesh.netns import run_in_netns
-from tests.system.lab.conftest import LabEnv
+from tests.system.lab.conftest import LabEnv, pids_on_15008, worker_pids
 
 AMBIENT = {LABEL_DATAPLANE_MODE: "ambient"}
 APP_PORT = 8080
@@ -28,27 +26,6 @@ ACCEPT_TIMEOUT_S = 2.0
 and try again."""
 RECOVERY_TIMEOUT_S = 20.0
 MESH_READY_TIMEOUT_S = 30.0
-WORKER = "inmesh.ztunnel.worker"
-
-
-def _workers(ztunnel_pid: int) -> list[int]:
-    """ztunnel's inbound worker processes (its children running the worker module)."""
-    out = []
-    for tid in os.listdir(f"/proc/{ztunnel_pid}/task"):
-        with open(f"/proc/{ztunnel_pid}/task/{tid}/children") as f:
-            for child in f.read().split():
-                with open(f"/proc/{child}/cmdline", "rb") as c:
-                    if WORKER.encode() in c.read():
-                        out.append(int(child))
-    return out
-
-
-def _pids_on_15008(pod_netns: str, state: str) -> set[int]:
-    """Pids holding sockets of port 15008 in ``state`` (listening, established) in the pod."""
-    text = subprocess.run(
-        ["nsenter", f"--net={pod_netns}", "ss", "-tnpH", "state", state, "( sport = :15008 )"],
-        capture_output=True, text=True, check=True, timeout=10).stdout
-    return {int(pid) for pid in re.findall(r"pid=(\d+)", text)}
 
 
 def _inbound_opened(env: LabEnv) -> float:
@@ -120,13 +97,13 @@ def test_worker_serves_15008_and_a_dead_worker_is_replaced_without_an_outage(
     assert poll_until(lambda: _mesh_ready(env), MESH_READY_TIMEOUT_S, 0.2), (
         f"mesh not ready: {env.lab.status().to_json()}")
     zt = env.lab.state.load().nodes[env.node].processes["ztunnel"].pid
-    assert poll_until(lambda: len(_workers(zt)) == 1, 10.0, 0.1), "no inbound worker"
-    [worker] = _workers(zt)
+    assert poll_until(lambda: len(worker_pids(zt)) == 1, 10.0, 0.1), "no inbound worker"
+    [worker] = worker_pids(zt)
     server_netns = netns_path(env.lab.pods.find("default", "server").netns)
     # Handed over: the worker holds a duplicate of the pod's 15008 listener (ztunnel keeps its
     # own, for when no worker is there).
-    assert poll_until(lambda: _pids_on_15008(server_netns, "listening") == {zt, worker}, 10.0,
-                      0.1), _pids_on_15008(server_netns, "listening")
+    assert poll_until(lambda: pids_on_15008(server_netns, "listening") == {zt, worker}, 10.0,
+                      0.1), pids_on_15008(server_netns, "listening")
 
     listener = run_in_netns(server_netns, socket.socket)
     with listener:
@@ -140,7 +117,7 @@ def test_worker_serves_15008_and_a_dead_worker_is_replaced_without_an_outage(
         held = _round_trip(env, server.ips[0], listener, hold=True)
         assert held is not None
         try:
-            assert _pids_on_15008(server_netns, "established") == {worker}
+            assert pids_on_15008(server_netns, "established") == {worker}
             assert poll_until(lambda: _inbound_opened(env) == opened + 1, 5.0, 0.05)
         finally:
             for s in held:
@@ -151,11 +128,11 @@ def test_worker_serves_15008_and_a_dead_worker_is_replaced_without_an_outage(
         assert poll_until(lambda: _works(env, server.ips[0], listener), RECOVERY_TIMEOUT_S,
                           0.1), (
             "mesh traffic did not recover after the worker died:\n" + _log(env))
-        assert poll_until(lambda: _workers(zt) not in ([], [worker]), 15.0, 0.1), (
+        assert poll_until(lambda: worker_pids(zt) not in ([], [worker]), 15.0, 0.1), (
             "no new worker was started")
-        [successor] = _workers(zt)
-        assert poll_until(lambda: _pids_on_15008(server_netns, "listening") == {zt, successor},
-                          10.0, 0.1), _pids_on_15008(server_netns, "listening")
+        [successor] = worker_pids(zt)
+        assert poll_until(lambda: pids_on_15008(server_netns, "listening") == {zt, successor},
+                          10.0, 0.1), pids_on_15008(server_netns, "listening")
         # The pooled tunnel connection that replaced the dead worker's stays with ztunnel
         # until it ends; traffic keeps flowing either way.
         assert _works(env, server.ips[0], listener)
