@@ -138,6 +138,8 @@ class PodProxy:
             loop.add_reader(listener.fileno(), self._on_acceptable, listener)
         else:
             loop.remove_reader(listener.fileno())
+            if self._tunnels is not None:  # the pooled tunnel connections move to the worker
+                self._tunnels.hand_back_inbound()
 
     def _on_acceptable(self, listener: socket.socket) -> None:
         handler = self._listeners[listener]

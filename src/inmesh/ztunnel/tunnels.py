@@ -81,10 +81,20 @@ class PodTunnels:
         self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def start_drain(self) -> None:
-        """The pod's proxy is leaving: every inbound HBONE connection sends GOAWAY, so peers
-        open new tunnels elsewhere (a successor ztunnel) while these finish."""
+        """The pod's proxy is leaving: every inbound HBONE connection, and any accepted from
+        now on, sends GOAWAY, so peers open new tunnels elsewhere (a successor ztunnel) while
+        these finish."""
         if not self._draining.done():
             self._draining.set_result(None)
+
+    def hand_back_inbound(self) -> None:
+        """The pod's inbound worker is back: GOAWAY on the HBONE connections accepted here
+        meanwhile, so peers dial again and land on the worker; their tunnels finish here.
+        Later connections are served as usual (a no-op once `start_drain` was called)."""
+        if self._draining.done():
+            return
+        served, self._draining = self._draining, asyncio.get_running_loop().create_future()
+        served.set_result(None)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -1,10 +1,12 @@
 """ztunnel's inbound worker (`inmesh.ztunnel.offload`) in a real lab: it serves the pods' 15008,
 its connections are counted in ztunnel's metrics, and when it dies ztunnel serves 15008 itself
-until a new worker is up, so mesh traffic between two pods of one node never stops working."""
+until a new worker is up, so mesh traffic between two pods of one node never stops working;
+then the connections ztunnel accepted meanwhile are handed back (GOAWAY)."""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 
@@ -80,12 +82,43 @@ def _log(env: LabEnv) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-40:])
 
 
-def _works(env: LabEnv, server_ip: str, listener: socket.socket) -> bool:
+def _held(env: LabEnv, server_ip: str, listener: socket.socket
+          ) -> tuple[socket.socket, socket.socket] | None:
+    """A tunnel held open, or None at once if the proxy reset the attempt (a tunnel lost with
+    the worker): the client side is watched while waiting for the server's accept."""
+    client_rec = env.lab.pods.find("default", "client")
+    sock = run_in_netns(netns_path(client_rec.netns), socket.socket)
     try:
-        _round_trip(env, server_ip, listener)
-    except OSError:  # refused, reset, or timed out (a tunnel lost with the worker)
-        return False
-    return True
+        sock.settimeout(IO_TIMEOUT_S)
+        sock.connect((server_ip, APP_PORT))
+        sock.sendall(b"ping\n")
+        ready, _, _ = select.select([listener, sock], [], [], ACCEPT_TIMEOUT_S)
+        if listener not in ready:
+            sock.close()
+            return None  # reset (or nothing) on the client side
+        conn, _ = listener.accept()
+    except OSError:
+        sock.close()
+        return None
+    conn.settimeout(IO_TIMEOUT_S)
+    held = (sock, conn)
+    try:
+        assert conn.recv(16) == b"ping\n"
+        conn.sendall(b"pong\n")
+        assert sock.recv(16) == b"pong\n"
+    except BaseException:
+        for s in held:
+            s.close()
+        raise
+    return held
+
+
+def _check_echo(held: tuple[socket.socket, socket.socket]) -> None:
+    sock, conn = held
+    sock.sendall(b"still\n")
+    assert conn.recv(16) == b"still\n"
+    conn.sendall(b"here\n")
+    assert sock.recv(16) == b"here\n"
 
 
 def test_worker_serves_15008_and_a_dead_worker_is_replaced_without_an_outage(
@@ -123,16 +156,33 @@ def test_worker_serves_15008_and_a_dead_worker_is_replaced_without_an_outage(
             for s in held:
                 s.close()
 
-        # A dead worker: ztunnel serves 15008 itself, then a new worker takes over.
+        # A dead worker: ztunnel serves 15008 itself (a tunnel opened now is ztunnel's; the
+        # successor comes after a 1 s restart delay), then a new worker takes over, and
+        # ztunnel hands the pooled connection it accepted back (GOAWAY): its tunnel finishes
+        # there, the next one dials again and lands on the successor.
         os.kill(worker, signal.SIGKILL)
-        assert poll_until(lambda: _works(env, server.ips[0], listener), RECOVERY_TIMEOUT_S,
-                          0.1), (
+        during = poll_until(lambda: _held(env, server.ips[0], listener), RECOVERY_TIMEOUT_S,
+                            0.05)
+        assert during is not None, (
             "mesh traffic did not recover after the worker died:\n" + _log(env))
-        assert poll_until(lambda: worker_pids(zt) not in ([], [worker]), 15.0, 0.1), (
-            "no new worker was started")
-        [successor] = worker_pids(zt)
-        assert poll_until(lambda: pids_on_15008(server_netns, "listening") == {zt, successor},
-                          10.0, 0.1), pids_on_15008(server_netns, "listening")
-        # The pooled tunnel connection that replaced the dead worker's stays with ztunnel
-        # until it ends; traffic keeps flowing either way.
-        assert _works(env, server.ips[0], listener)
+        try:
+            assert pids_on_15008(server_netns, "established") == {zt}
+            assert poll_until(lambda: worker_pids(zt) not in ([], [worker]), 15.0, 0.1), (
+                "no new worker was started")
+            [successor] = worker_pids(zt)
+            assert poll_until(
+                lambda: pids_on_15008(server_netns, "listening") == {zt, successor}, 10.0,
+                0.1), pids_on_15008(server_netns, "listening")
+            after = _round_trip(env, server.ips[0], listener, hold=True)
+            assert after is not None
+            try:
+                assert pids_on_15008(server_netns, "established") == {zt, successor}
+            finally:
+                for s in after:
+                    s.close()
+            _check_echo(during)  # the tunnel ztunnel kept still works
+        finally:
+            for s in during:
+                s.close()
+        assert poll_until(lambda: pids_on_15008(server_netns, "established") == {successor},
+                          5.0, 0.1), pids_on_15008(server_netns, "established")

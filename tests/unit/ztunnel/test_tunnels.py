@@ -285,3 +285,26 @@ def test_a_draining_pod_finishes_its_tunnels_while_new_ones_take_a_new_connectio
             await wait_for(lambda: p.client.pool.connections() == 1)  # the drained one closed
 
     run(go())
+
+
+def test_handing_inbound_back_moves_pooled_connections_and_keeps_serving(
+        tmp_path: Path) -> None:
+    """ztunnel served the pod's 15008 while its inbound worker was away; once the worker is
+    back, the connections accepted meanwhile send GOAWAY (peers dial again, now to the
+    worker), and later connections are served as usual, not drained."""
+
+    async def go() -> None:
+        async with pods(tmp_path) as p:
+            assert await p.tunnel(b"one") == b"one"
+            assert p.client.pool.connections() == 1
+            p.server.hand_back_inbound()
+            await wait_for(lambda: p.client.pool.connections() == 0)  # no tunnel: it closed
+            assert await p.tunnel(b"two") == b"two"
+            assert await p.tunnel(b"three") == b"three"
+            assert p.client.pool.dials == 2  # the second connection stays pooled
+            assert p.client.pool.connections() == 1
+            p.server.start_drain()
+            p.server.hand_back_inbound()  # leaving: a no-op, later connections drain too
+            await wait_for(lambda: p.client.pool.connections() == 0)
+
+    run(go())
