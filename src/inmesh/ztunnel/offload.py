@@ -12,7 +12,9 @@ ztunnel stays the only one that talks to the agent and the control plane: it for
 resources it applies and the certificates (with their keys) of the identities it serves, and
 counts the workers' connection events in its own metrics. Nothing is lost when a worker is not
 there: until a worker says it is ready, and from the moment one dies until another is, ztunnel
-serves 15008 itself (it keeps its listener), and a dead worker is restarted.
+serves 15008 itself (it keeps its listener), and a dead worker is restarted. When a worker is
+ready again, the proxy sends GOAWAY on the HBONE connections it accepted meanwhile, so their
+peers dial again and reach the worker (`PodTunnels.hand_back_inbound`).
 """
 
 from __future__ import annotations
