@@ -106,7 +106,13 @@ def test_a_ztunnel_handover_keeps_hbone_tunnels_and_moves_new_ones(lab_env: LabE
         assert poll_until(successor_listens, 30.0, 0.1), (
             "the successor never opened the server pod's 15008")
 
+        old_pids = {old.pid, *worker_pids(old.pid)}
         os.kill(old.pid, signal.SIGTERM)  # the old one leaves: its tunnels must survive
+        # Draining has begun once the old processes closed their listeners (they send GOAWAY
+        # in the same step); a tunnel that reached them before that is theirs until the
+        # deadline, as with any proxy.
+        assert poll_until(lambda: not pids_on_15008(server_netns, "listening") & old_pids,
+                          10.0, 0.02), "the old ztunnel kept its listeners"
         during = Tunnel(env, server.ips[0], listener)  # opened while the old one drains
         tunnels.append(during)
         before.round_trip(b"old tunnel, still there\n")
