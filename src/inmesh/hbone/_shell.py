@@ -261,10 +261,9 @@ class H2Shell(asyncio.BufferedProtocol, Generic[Core]):
             self._close_if_drained()
 
     def _apply(self, event: ev.Event) -> None:
+        """Every event but `DataArrived`, which `_handle` gives its stream itself."""
         stream = self._streams.get(getattr(event, "stream_id", None) or 0)
-        if isinstance(event, ev.DataArrived) and stream is not None:
-            stream.received(event.data)  # (`_handle` does this itself)
-        elif isinstance(event, ev.PeerEnded) and stream is not None:
+        if isinstance(event, ev.PeerEnded) and stream is not None:
             stream.ended_by_peer()
             self._settle(event.stream_id)
         elif isinstance(event, ev.WindowGrew):

@@ -90,8 +90,8 @@ class HbonePool:
             try:
                 return await shell.connect(authority, headers)
             except HboneConnectionError as exc:
-                # The server drained as we asked: it never processed the CONNECT (RFC 9113
-                # 8.7), so it is retried on another connection, a few times at most.
+                # Refused by a draining server, which never processed it (RFC 9113 8.7):
+                # retried on another connection, a few times at most.
                 cause = exc.__cause__
                 if (not isinstance(cause, StreamResetError)
                         or cause.error_code != ErrorCodes.REFUSED_STREAM

@@ -217,7 +217,8 @@ class FastH2Connection(H2Connection):
     def receive_data(  # type: ignore[override]
             self, data: Buffer, borrowed: bool = False) -> list[Received]:
         """h2's ``receive_data``, with eligible DATA bodies returned as `ev.DataArrived` (not
-        yet counted as delivered: the caller acknowledges them) among h2's events. With
+        yet counted as delivered: the caller acknowledges them) and a graceful GOAWAY as
+        `GoingAway` among h2's events. With
         ``borrowed``, bodies are views into ``data`` (no copy): the caller must be done with
         them, or copy them, before it reuses its buffer."""
         events: list[Received] = []

@@ -9,7 +9,9 @@ Flow control is the backpressure of the tunnel: credit for received data goes ba
 only when the shell reports those bytes delivered (`acknowledge`), so a slow application stops
 its peer instead of filling our memory. A stream that ends or is reset gives back whatever it
 still held, so the connection window never leaks. Stream errors stay on their stream; only
-framing errors, GOAWAY and a missed PING end the connection (`ConnectionEnded`).
+framing errors, a GOAWAY with an error and a missed PING end the connection
+(`ConnectionEnded`). A graceful GOAWAY (NO_ERROR), sent (`drain`) or received, only stops new
+streams: the connection is `drained` once the streams it had are done.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class _Pump:
             return False
         if not data:
             return False  # EOF stays: the task's own read sees it
-        if len(data) == self._size or self._size != _FIRST_READ:
+        if len(data) == self._size or self._size != _FIRST_READ:  # else `_sized` is a no-op
             self._sized(len(data))
         taken = self.stream.send_now(data)
         self.up += taken
