@@ -21,6 +21,7 @@ from .helpers import (
     SERVER_ID,
     Pki,
     Target,
+    eventually,
     plain_socket,
     pool,
     read_stream,
@@ -159,3 +160,118 @@ def test_our_client_pool_tunnels_through_a_node_server(pki: Pki) -> None:
     session, first, second = run(go())
     assert session == {"peer": f"URI:{CLIENT_ID.uri}", "sni": None}
     assert first == second == {"authority": "10.0.0.5:8080", "forwarded": 'for="10.0.0.4:5555"'}
+
+
+GOAWAY_SERVER_JS = r"""
+const http2 = require('node:http2');
+const cfg = JSON.parse(process.argv[1]);
+const server = http2.createSecureServer({
+  ca: cfg.ca, cert: cfg.cert, key: cfg.key, requestCert: true, rejectUnauthorized: true,
+  minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3',
+});
+let sessions = 0;
+server.on('session', () => { sessions += 1; });
+server.on('stream', (stream, headers) => {
+  stream.respond({':status': 200});
+  stream.pipe(stream);
+  if (sessions === 1) {  // the first connection drains: GOAWAY(NO_ERROR), its stream lives on
+    stream.session.goaway(http2.constants.NGHTTP2_NO_ERROR, stream.id);
+  }
+  console.log(JSON.stringify({session: sessions, stream: stream.id}));
+});
+server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({port: server.address().port})));
+"""
+
+
+def test_a_node_server_that_drains_keeps_our_tunnel_and_gets_the_next_one_anew(
+        pki: Pki) -> None:
+    """nghttp2 sends a graceful GOAWAY after accepting our first CONNECT: that tunnel keeps
+    working both ways, and the pool opens the next tunnel on a new connection."""
+    payload = os.urandom(1 << 20)
+
+    async def go() -> list[dict[str, Any]]:
+        cfg = _creds(pki.server)
+        proc = await asyncio.create_subprocess_exec(
+            NODE, "-e", GOAWAY_SERVER_JS, json.dumps(cfg), stdout=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            target = Target(LOCAL_IP, json.loads(await proc.stdout.readline())["port"])
+            async with pool() as p:
+                key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, target)
+
+                async def open_one() -> Any:
+                    return await p.open(key, plain_socket, pki.client_ctx(), [SERVER_ID],
+                                        Target("10.0.0.5", 8080))
+
+                first = await open_one()
+                seen = [json.loads(await proc.stdout.readline())]
+                # Whether the GOAWAY arrived first (no new stream on that connection) or the
+                # CONNECT crossed it (nghttp2 refuses it, REFUSED_STREAM, and the pool
+                # retries), the second tunnel rides a new connection.
+                second = await open_one()
+                seen.append(json.loads(await proc.stdout.readline()))
+                assert p.dials == 2
+                for stream in (first, second):
+                    await stream.write(payload)
+                    stream.close_write()
+                    assert await read_stream(stream) == payload
+                # Node answers no TLS close_notify on the drained session: end it first, or
+                # closing the pool waits for its close guard (handshake_timeout).
+                proc.terminate()
+                await proc.wait()
+                return seen
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+
+    assert run(go()) == [{"session": 1, "stream": 1}, {"session": 2, "stream": 1}]
+
+
+GOAWAY_CLIENT_JS = r"""
+const http2 = require('node:http2');
+const cfg = JSON.parse(process.argv[1]);
+const client = http2.connect(cfg.url, {
+  ca: cfg.ca, cert: cfg.cert, key: cfg.key,
+  minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', checkServerIdentity: () => undefined,
+});
+client.on('error', (e) => { console.log(JSON.stringify({error: e.message})); process.exit(2); });
+const out = {};
+client.on('goaway', (code, last) => {
+  out.goaway = [code, last];
+  req.end(Buffer.alloc(cfg.size, 'g'));  // the tunnel goes on after the server's GOAWAY
+});
+const req = client.request({':method': 'CONNECT', ':authority': cfg.authority});
+let length = 0;
+req.on('response', (h) => { out.status = h[':status']; console.log(JSON.stringify({open: true})); });
+req.on('data', (c) => { length += c.length; });
+req.on('close', () => {
+  out.length = length;
+  out.rst = req.rstCode;
+  console.log(JSON.stringify(out));
+  client.close();
+});
+"""
+
+
+def test_our_draining_server_lets_a_node_client_finish_its_tunnel(pki: Pki) -> None:
+    """Our server drains with a Node (nghttp2) client's tunnel open: Node sees GOAWAY
+    (NO_ERROR, its stream as the last), and the tunnel still carries data both ways."""
+    size = 1 << 20
+
+    async def go() -> dict[str, Any]:
+        async with rig(pki) as r:
+            cfg = {"url": f"https://{r.hbone}", "authority": str(r.app), "size": size,
+                   **_creds(pki.client)}
+            proc = await asyncio.create_subprocess_exec(
+                NODE, "-e", GOAWAY_CLIENT_JS, json.dumps(cfg), stdout=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None
+            assert json.loads(await proc.stdout.readline()) == {"open": True}
+            r.drain_existing()
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0, out
+            await eventually(lambda: r.finished == 1)  # closed after its last tunnel
+            report: dict[str, Any] = json.loads(out)
+            return report
+
+    assert run(go()) == {"goaway": [0, 1], "status": 200, "length": size, "rst": 0}
