@@ -101,6 +101,7 @@ class PodTunnels:
 
     def dump(self) -> dict[str, Any]:
         return {"dials": self.pool.dials, "connections": self.pool.connections(),
+                "refusedRetries": self.pool.retries,
                 "inboundStreams": len(self._opened) + (
                     self._inbound_elsewhere() if self._inbound_elsewhere is not None else 0)}
 

@@ -186,7 +186,8 @@ def test_tunnels_carry_bytes_with_mutual_tls_over_one_pooled_connection(tmp_path
             big = bytes(range(256)) * 4096
             assert await p.tunnel(big) == big
             assert p.client.pool.dials == 1  # the second tunnel was a stream, not a handshake
-            assert p.client.dump() == {"dials": 1, "connections": 1, "inboundStreams": 0}
+            assert p.client.dump() == {"dials": 1, "connections": 1, "refusedRetries": 0,
+                                       "inboundStreams": 0}
             opened = "istio_tcp_connections_opened_total"
             assert p.sample(opened, **mtls("source", destination_workload="db-0",
                                            source_workload="web-0")) == 2
