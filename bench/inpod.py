@@ -53,6 +53,8 @@ RR_PIN_PORT = 7001
 """Echo servers pinned to PIN_CPU, for the one-CPU latency test."""
 PIN_CPU = 0
 STREAMS = (1, 4)
+PLAINTEXT = "unknown"
+"""Istio's ``connection_security_policy`` for a connection without mutual TLS."""
 PATH_CHECK_TRIPS = 200
 """Round trips of the path check: enough to see the connection, too few to cost time."""
 CPU_KEYS = tuple(
@@ -134,14 +136,15 @@ class Bench:
     # -- the run ----------------------------------------------------------------------------
 
     def path_check(self) -> list[dict[str, Any]]:
-        """Prove each path crosses exactly the proxies it claims, from ztunnel's own counters."""
+        """Prove each path crosses exactly the proxies it claims, in plaintext (the relay this
+        script measures; HBONE is `hbone.py`'s), from ztunnel's own counters."""
         servers = self.start_servers("rr")
         checks = []
         try:
             for path in PATHS:
-                before = self.lab.proxy_connections()
+                before = self.lab.proxy_connections(PLAINTEXT)
                 self._rr(path, PATH_CHECK_TRIPS, 0)
-                after = self.lab.proxy_connections()
+                after = self.lab.proxy_connections(PLAINTEXT)
                 seen = (after[0] - before[0], after[1] - before[1])
                 want = (1.0 if path.hops >= 1 else 0.0, 1.0 if path.hops == 2 else 0.0)
                 checks.append({"path": path.name, "outbound_opened": seen[0],
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "loadavg_start": os.getloadavg(), **machine_meta()},
                            "settings": vars(args).copy()}  # fmt: skip
     doc["meta"]["background_busy_pct_start"] = background_busy()
-    lab = BenchLab(say)
+    lab = BenchLab(say, mtls=False)  # in-pod redirection itself: plaintext proxies
     rounds: list[Round] = []
     measurements: list[dict[str, Any]] = []
     code = 0

@@ -75,8 +75,11 @@ class BenchError(Exception):
 
 
 class BenchLab:
-    def __init__(self, report: Report, nodes: int = 1, pods: Sequence[PodDef] = PODS) -> None:
+    def __init__(self, report: Report, nodes: int = 1, pods: Sequence[PodDef] = PODS,
+                 mtls: bool = True) -> None:
         self.report = report
+        self.mtls = mtls
+        """False: a plaintext lab (no control plane): mesh pods relay in plaintext."""
         self.root = Path(tempfile.mkdtemp(prefix="inmesh-bench-", dir="/run"))
         self.node_prefix = f"bench{secrets.token_hex(3)}n"
         self.lab = Lab(self.root, report=lambda m: report(f"  lab: {m}"))
@@ -94,7 +97,8 @@ class BenchLab:
     # -- lifecycle ------------------------------------------------------------------------
 
     def build(self) -> None:
-        state = self.lab.up(nodes=self.node_count, node_prefix=self.node_prefix)
+        state = self.lab.up(nodes=self.node_count, node_prefix=self.node_prefix,
+                            mtls=self.mtls)
         self.nodes = sorted(state.nodes, key=lambda n: state.nodes[n].index)
         self.node = self.nodes[0]
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -213,11 +217,12 @@ class BenchLab:
         """ztunnel's /config_dump on ``node``."""
         return ztunnel_config_dump(self.lab.layout, node, self.lab.settings)
 
-    def proxy_connections(self) -> tuple[float, float]:
-        """(client-mesh outbound, server-mesh inbound) connections ztunnel has opened so far."""
+    def proxy_connections(self, security_policy: str | None = None) -> tuple[float, float]:
+        """(client-mesh outbound, server-mesh inbound) connections ztunnel has opened so far;
+        only those with ``security_policy`` (``unknown`` = plaintext) if given."""
         text = ztunnel_metrics(self.lab.layout, self.node, self.lab.settings)
         samples = metric_samples(text, OPENED_METRIC)
         return (
-            workload_total(samples, "source", "client-mesh", NAMESPACE),
-            workload_total(samples, "destination", "server-mesh", NAMESPACE),
+            workload_total(samples, "source", "client-mesh", NAMESPACE, security_policy),
+            workload_total(samples, "destination", "server-mesh", NAMESPACE, security_policy),
         )

@@ -88,6 +88,14 @@ def up(
     trust_domain: Annotated[
         str, typer.Option("--trust-domain", help="SPIFFE trust domain (fixed at the first up).")
     ] = DEFAULT_TRUST_DOMAIN,
+    mtls: Annotated[
+        bool,
+        typer.Option(
+            "--mtls/--no-mtls",
+            help="Run a control plane so mesh pods talk HBONE (mTLS); --no-mtls makes a"
+            " plaintext lab: in-pod redirection only (fixed at the first up).",
+        ),
+    ] = True,
 ) -> None:
     """Create the lab (or repair it): the control plane, then per node its netns, CNI config,
     node credential, agent and ztunnel; several nodes are linked through a fabric netns."""
@@ -100,15 +108,20 @@ def up(
 
     with _errors():
         state = _lab(root, note).up(
-            nodes=nodes, backend=backend, node_prefix=node_prefix, trust_domain=trust_domain
+            nodes=nodes,
+            backend=backend,
+            node_prefix=node_prefix,
+            trust_domain=trust_domain,
+            mtls=mtls,
         )
     names = ", ".join(sorted(state.nodes))
     fixed = "" if actions else " (nothing was missing)"
-    out.print(
-        f"[green]lab up[/] at {root}: control plane on {state.controlplane_target},"
-        f" nodes {names} ready{fixed}",
-        highlight=False,
+    plane = (
+        f"control plane on {state.controlplane_target}"
+        if state.controlplane_target
+        else "plaintext (no control plane)"
     )
+    out.print(f"[green]lab up[/] at {root}: {plane}, nodes {names} ready{fixed}", highlight=False)
 
 
 @lab_app.command("down")

@@ -86,7 +86,12 @@ class Lab:
         backend: str = "auto",
         node_prefix: str = "node",
         trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        mtls: bool = True,
     ) -> LabState:
+        """Create or repair the lab. ``mtls`` False makes a plaintext lab: no control plane,
+        so the proxies know no mesh workload and relay in plaintext (what the in-pod
+        redirection benchmark measures). Backend, trust domain and mtls are fixed at the
+        first ``up``."""
         if backend not in BACKENDS:
             raise ConfigError(f"bad backend {backend!r}: one of {', '.join(BACKENDS)}")
         if nodes < 1:
@@ -96,14 +101,14 @@ class Lab:
         with self._exclusive():
             before = self.state.load()
             state = self.state.update(
-                lambda s: self._plan(s, names, backend, node_prefix, trust_domain)
+                lambda s: self._plan(s, names, backend, node_prefix, trust_domain, mtls)
             )
             self.store.update(
                 lambda doc: doc["namespaces"].setdefault(DEFAULT_NAMESPACE, {"labels": {}})
             )
-            reissued = self.controlplane.ensure()
+            reissued = self.controlplane.ensure() if state.mtls else {}
             for rec in sorted(state.nodes.values(), key=lambda n: n.index):
-                if rec.name in reissued or not before.controlplane_socket:
+                if state.mtls and (rec.name in reissued or not before.controlplane_socket):
                     # Its ztunnel (if any) runs with an old credential or none: start it anew.
                     self.nodes.stop_process(self.state.load().nodes[rec.name], "ztunnel")
                 self.nodes.ensure(rec, state.backend)
@@ -114,12 +119,24 @@ class Lab:
             return self.state.load()
 
     def _plan(
-        self, s: LabState, names: list[str], backend: str, prefix: str, trust_domain: str
+        self,
+        s: LabState,
+        names: list[str],
+        backend: str,
+        prefix: str,
+        trust_domain: str,
+        mtls: bool,
     ) -> LabState:
         if not s.nodes:
-            s = replace(s, backend=backend, node_prefix=prefix, trust_domain=trust_domain)
-            self.report(f"new lab at {self.layout.root} (backend {backend})")
+            s = replace(s, backend=backend, node_prefix=prefix, trust_domain=trust_domain,
+                        mtls=mtls)  # fmt: skip
+            kind = "" if mtls else ", plaintext: no control plane"
+            self.report(f"new lab at {self.layout.root} (backend {backend}{kind})")
         else:
+            if mtls != s.mtls:
+                self.report(
+                    f"lab keeps {'mTLS' if s.mtls else 'plaintext'} (run `down` first to change it)"
+                )
             if backend != s.backend:
                 self.report(f"lab keeps backend {s.backend} (run `down` first to change it)")
             if trust_domain != s.trust_domain:
@@ -130,7 +147,7 @@ class Lab:
                 names = node_names(s.node_prefix, len(names))
             if len(names) < len(s.nodes):
                 self.report(f"lab has {len(s.nodes)} nodes; not removing any")
-        if not s.controlplane_socket:
+        if s.mtls and not s.controlplane_socket:
             s = replace(s, controlplane_socket=str(self.layout.controlplane_socket))
         next_index = max((n.index for n in s.nodes.values()), default=0) + 1
         for name in names:

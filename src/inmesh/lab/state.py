@@ -125,8 +125,12 @@ class LabState:
     processes: Mapping[str, ProcessRecord] = field(default_factory=_no_procs)
     """Cluster-level processes by role ("controlplane")."""
     controlplane_socket: str = ""
-    """The control plane's unix socket path; empty in a lab made before it had one."""
+    """The control plane's unix socket path; empty in a plaintext lab, or one made before the
+    lab had a control plane."""
     trust_domain: str = DEFAULT_TRUST_DOMAIN
+    mtls: bool = True
+    """Mesh pods talk HBONE through a control plane; False: a plaintext lab (no control
+    plane, proxies relay in plaintext), fixed at the first ``up``."""
 
     @property
     def controlplane_target(self) -> str:
@@ -160,6 +164,7 @@ class LabState:
             "processes": _procs_to_json(self.processes),
             "controlplaneSocket": self.controlplane_socket,
             "trustDomain": self.trust_domain,
+            "mtls": self.mtls,
         }
 
     @classmethod
@@ -197,6 +202,7 @@ class LabState:
                 _procs_from_json(obj.get("processes", {})),
                 str(obj.get("controlplaneSocket", "")),
                 str(obj.get("trustDomain", DEFAULT_TRUST_DOMAIN)),
+                _flag(obj.get("mtls", True), "mtls"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed lab state: {exc!r}") from exc
@@ -239,3 +245,9 @@ class LabStateFile:
                 json.dump(new.to_json(), f, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
         return new
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"malformed lab state: {name} {value!r} is not true or false")
+    return value

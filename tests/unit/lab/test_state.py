@@ -69,6 +69,17 @@ def test_cluster_level_processes_and_the_control_plane_round_trip(tmp_path: Path
     assert LabState().controlplane_target == ""
 
 
+def test_a_plaintext_lab_round_trips_and_older_files_are_mtls(tmp_path: Path) -> None:
+    f = LabStateFile(tmp_path / "lab.json")
+    f.update(lambda s: LabState(mtls=False))
+    assert f.load().mtls is False
+    (tmp_path / "lab.json").write_text('{"version": 2}')  # written before the flag existed
+    assert f.load().mtls is True
+    (tmp_path / "lab.json").write_text('{"version": 2, "mtls": "no"}')
+    with pytest.raises(ConfigError, match="mtls"):
+        f.load()
+
+
 def test_a_version_1_file_loads_as_a_lab_without_a_control_plane(tmp_path: Path) -> None:
     """lab.json written before the control plane existed: `down` must still find its pids."""
     path = tmp_path / "lab.json"
