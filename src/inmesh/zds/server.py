@@ -61,6 +61,15 @@ class ZdsServerSettings:
     """Requests that may wait per connection behind the one in flight (Istio's channel size).
     Beyond that ztunnel is not keeping up, and the request fails with ZdsTimeout at once."""
 
+    accept_rate: float = 5.0
+    """Connections accepted per second at most (Istio's limit); the first at once, the next
+    ones wait in the backlog. Each connection costs a full snapshot (a dup of every pod's
+    netns), so a crash-looping or hostile client cannot keep the agent busy with them."""
+
+    def __post_init__(self) -> None:
+        if not self.accept_rate > 0:
+            raise ConfigError(f"ZDS accept_rate must be > 0 per second, got {self.accept_rate}")
+
 
 class ZdsServer:
     """Serves ZDS on a SOCK_SEQPACKET unix socket at `path`.
@@ -156,13 +165,18 @@ class ZdsServer:
     async def _accept_loop(self) -> None:
         assert self._listener is not None
         loop = asyncio.get_running_loop()
+        gap = 1.0 / self._settings.accept_rate
+        next_at = loop.time()
         while True:
+            if (wait := next_at - loop.time()) > 0:
+                await asyncio.sleep(wait)
             try:
                 sock, _ = await loop.sock_accept(self._listener)
             except OSError as exc:
                 log.warning("ZDS accept on %s failed: %s", self.path, exc)
                 await asyncio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
+            next_at = loop.time() + gap
             sock.setblocking(False)
             name = f"#{next(self._ids)}"
             log.info("ztunnel connection %s accepted on %s", name, self.path)

@@ -17,6 +17,7 @@ from inmesh.zds.server import (
     ZdsNacked,
     ZdsNotConnected,
     ZdsServer,
+    ZdsServerSettings,
     ZdsTimeout,
 )
 
@@ -201,6 +202,32 @@ def test_each_connection_gets_a_fresh_snapshot(tmp_path: Path) -> None:
                 pods.append("b")
 
     run(body())
+
+
+def test_connections_are_accepted_at_most_accept_rate_per_second(tmp_path: Path) -> None:
+    """Each connection costs a snapshot: a client that connects in a loop is paced (here 10
+    per second: four at once take 0.3 s), and every one is still served."""
+
+    async def body() -> None:
+        path = str(tmp_path / "zds.sock")
+        async with serving(path, list, ZdsServerSettings(accept_rate=10.0)) as server:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            peers = await asyncio.gather(*(raw_ztunnel(path) for _ in range(4)))
+            elapsed = loop.time() - start
+            try:
+                assert elapsed >= 0.27  # the 2nd, 3rd and 4th waited 100 ms each
+                assert server.connection_count == 4
+            finally:
+                for peer in peers:
+                    peer.close()
+
+    run(body())
+
+
+def test_a_non_positive_accept_rate_is_refused() -> None:
+    with pytest.raises(ConfigError, match="accept_rate"):
+        ZdsServerSettings(accept_rate=0)
 
 
 async def _misbehave(peer: RawPeer, how: str) -> None:
