@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ import pytest
 from inmesh.errors import InmeshError
 from inmesh.lab import namespaces, procs
 from inmesh.lab.lab import Lab
-from inmesh.lab.layout import node_netns_name
+from inmesh.lab.layout import netns_path, node_netns_name
 from inmesh.lab.settings import LabSettings
-from inmesh.lab.state import LabState
+from inmesh.lab.state import LabState, PodRecord
+from inmesh.netns import run_in_netns
 
 INMESH = os.path.join(os.path.dirname(sys.executable), "inmesh")
 TEST_SETTINGS = LabSettings(ready_timeout_s=30.0, stop_grace_s=5.0, pod_add_backoff_s=0.1)
@@ -134,3 +136,27 @@ def pids_on_15008(pod_netns: str, state: str) -> set[int]:
         ["nsenter", f"--net={pod_netns}", "ss", "-tnpH", "state", state, "( sport = :15008 )"],
         capture_output=True, text=True, check=True, timeout=10).stdout
     return {int(pid) for pid in re.findall(r"pid=(\d+)", text)}
+
+
+def send_and_read(client: PodRecord, server_ip: str, listener: socket.socket, line: bytes,
+                  port: int = 8080, timeout: float = 10.0) -> tuple[str, bytes]:
+    """Connect from pod ``client`` to ``server_ip:port`` (accepted on ``listener`` in the
+    server pod), send ``line`` (ending in a newline), have it acknowledged; return (the peer
+    address the server saw, the bytes it read)."""
+    sock = run_in_netns(netns_path(client.netns), socket.socket)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((server_ip, port))
+        sock.sendall(line)
+        conn, peer = listener.accept()
+        with conn:
+            conn.settimeout(timeout)
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            conn.sendall(b"ack " + got)
+        assert sock.recv(4096).startswith(b"ack ")
+    return str(peer[0]), got

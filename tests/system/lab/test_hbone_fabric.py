@@ -18,9 +18,8 @@ from inmesh.lab.meshview import tunnel_of
 from inmesh.lab.observe import ztunnel_config_dump
 from inmesh.lab.pcap import TLS_HANDSHAKE, tcp_packets, wire_evidence
 from inmesh.lab.pods import PodSpec
-from inmesh.lab.state import PodRecord
 from inmesh.netns import run_in_netns
-from tests.system.lab.conftest import LabEnv
+from tests.system.lab.conftest import LabEnv, send_and_read
 
 AMBIENT = {LABEL_DATAPLANE_MODE: "ambient"}
 HBONE_PORT = 15008
@@ -29,28 +28,6 @@ IO_TIMEOUT_S = 10.0
 """One connect or read across two proxies; they answer in milliseconds when they work."""
 MESH_READY_TIMEOUT_S = 30.0
 """Enrollment, the agents' redirection report, discovery to the other node, certificates."""
-
-
-def _send_and_read(client: PodRecord, server_ip: str, listener: socket.socket,
-                   line: bytes) -> tuple[str, bytes]:  # fmt: skip
-    """Connect from ``client`` to the server, send ``line``, return (peer seen, bytes read)."""
-    sock = run_in_netns(netns_path(client.netns), socket.socket)
-    with sock:
-        sock.settimeout(IO_TIMEOUT_S)
-        sock.connect((server_ip, APP_PORT))
-        sock.sendall(line)
-        conn, peer = listener.accept()
-        with conn:
-            conn.settimeout(IO_TIMEOUT_S)
-            got = b""
-            while not got.endswith(b"\n"):
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-            conn.sendall(b"ack " + got)
-        assert sock.recv(4096).startswith(b"ack ")
-    return str(peer[0]), got
 
 
 def _server_is_hbone_on(env: LabEnv, node: str) -> bool:
@@ -93,11 +70,11 @@ def test_cross_node_mesh_traffic_is_hbone_and_the_fabric_never_sees_app_bytes(
         listener.listen(4)
         listener.settimeout(IO_TIMEOUT_S)
         with Capture(fabric, FABRIC_BRIDGE, tmp_path / "fabric.pcap") as capture:
-            mesh_peer, mesh_got = _send_and_read(
+            mesh_peer, mesh_got = send_and_read(
                 env.lab.pods.find("default", "client"), server.ips[0], listener,
                 mesh_marker + b"\n",
             )  # fmt: skip
-            plain_peer, plain_got = _send_and_read(
+            plain_peer, plain_got = send_and_read(
                 env.lab.pods.find("default", "plain"), server.ips[0], listener,
                 plain_marker + b"\n",
             )  # fmt: skip

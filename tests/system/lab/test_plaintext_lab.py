@@ -11,7 +11,7 @@ from inmesh.lab.layout import netns_path
 from inmesh.lab.observe import ztunnel_metrics
 from inmesh.lab.pods import PodSpec
 from inmesh.netns import run_in_netns
-from tests.system.lab.conftest import LabEnv
+from tests.system.lab.conftest import LabEnv, send_and_read
 
 AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 OPENED = "istio_tcp_connections_opened_total"
@@ -42,21 +42,15 @@ def test_a_plaintext_lab_redirects_mesh_pods_without_mtls(lab_env: LabEnv) -> No
         lambda: all(p.enrollment == "enrolled" and p.proxy == "Up"
                     for p in env.lab.status().pods), 30.0, 0.2), env.lab.status().to_json()
 
-    c_rec, s_rec = env.lab.pods.find("default", "client"), env.lab.pods.find("default", "server")
+    s_rec = env.lab.pods.find("default", "server")
     listener = run_in_netns(netns_path(s_rec.netns), socket.socket)
     with listener:
         listener.bind((server.ips[0], 8080))
         listener.listen(1)
         listener.settimeout(10)
-        sock = run_in_netns(netns_path(c_rec.netns), socket.socket)
-        with sock:
-            sock.settimeout(10)
-            sock.connect((server.ips[0], 8080))
-            conn, peer = listener.accept()
-            with conn:
-                sock.sendall(b"plain")
-                assert conn.recv(5) == b"plain"
-                assert peer[0] == client.ips[0]
+        peer, got = send_and_read(env.lab.pods.find("default", "client"), server.ips[0],
+                                  listener, b"plain\n")
+    assert (peer, got) == (client.ips[0], b"plain\n")
 
     # Both hops went through ztunnel, in plaintext: no mutual_tls connection at all.
     opened = _opened(env)
