@@ -26,10 +26,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from _lib import lines
 from _lib.benchlab import NAMESPACE, BenchError, BenchLab, PodDef
 from _lib.clients import RR_SCRIPT, iperf, round_trips
 from _lib.hbreport import render
 from _lib.hbstats import PATHS, HPath, summarize
+from _lib.lines import MACHINE_FIELDS, THROUGHPUT_FIELDS, cpu_text, error_text, num, result_text
 from _lib.meshcheck import (
     ConnKey,
     Side,
@@ -335,51 +337,30 @@ def round_values(metric: str, rec: Mapping[str, Any]) -> dict[str, float | None]
     if "error" in rec:  # a path that did not go where it claims (or failed) gives no numbers
         rec = {k: v for k, v in rec.items() if k not in ("gbps", "p50_us", "p99_us",
                                                          "conn_per_s")}  # fmt: skip
-    fields = {
-        "zt1_pct": "zt1_cpu_pct",
-        "zt2_pct": "zt2_cpu_pct",
-        "machine_pct": "machine_busy_pct",
-        "softirq_pct": "machine_softirq_pct",
-    }
+    fields = {"zt1_pct": "zt1_cpu_pct", "zt2_pct": "zt2_cpu_pct", **MACHINE_FIELDS}
     if metric.startswith("rr"):
         fields |= {"p50_us": "p50_us", "p99_us": "p99_us", "zt_us": "proxy_cpu_us_per_unit"}
     elif metric.startswith("conn"):
         fields |= {"per_s": "conn_per_s", "p50_us": "p50_us", "zt_us": "proxy_cpu_us_per_unit",
                    "tls_dials": "tls_dials"}  # fmt: skip
     else:
-        fields |= {
-            "gbps": "gbps",
-            "cpu_s_per_gb": "cpu_s_per_gb",
-            "client_pct": "iperf_client_cpu_pct",
-            "server_pct": "iperf_server_cpu_pct",
-        }
-    return {f"{metric}_{key}": rec.get(field) for key, field in fields.items()}
+        fields |= THROUGHPUT_FIELDS
+    return lines.round_values(metric, rec, fields)
 
 
 def progress(metric: str, rec: Mapping[str, Any]) -> str:
     """One line per measurement: the result, then where the CPU went."""
-    if metric.startswith("rr"):
-        shown = f"p50 {_f(rec.get('p50_us'))} us  p99 {_f(rec.get('p99_us'))} us"
-    elif metric.startswith("conn"):
-        shown = f"{_f(rec.get('conn_per_s'), '.0f')} conn/s  p50 {_f(rec.get('p50_us'))} us"
+    if metric.startswith("conn"):
+        shown = f"{num(rec.get('conn_per_s'), '.0f')} conn/s  p50 {num(rec.get('p50_us'))} us"
         if rec.get("error_count"):
             shown += f"  {rec['error_count']} failed"
     else:
-        shown = f"{_f(rec.get('gbps'), '.2f')} Gb/s  retr {rec.get('retransmits', '-')}"
-    cpu = f"ztunnel {_f(rec.get('zt1_cpu_pct'), '.0f')}%/{_f(rec.get('zt2_cpu_pct'), '.0f')}%"
-    if metric.startswith("tput"):
-        cpu += f", iperf3 {_f(rec.get('iperf_client_cpu_pct'), '.0f')}%"
-        cpu += f"/{_f(rec.get('iperf_server_cpu_pct'), '.0f')}%"
-    cpu += f", softirq {_f(rec.get('machine_softirq_pct'), '.0f')}%"
-    cpu += f", machine {_f(rec.get('machine_busy_pct'), '.0f')}%"
+        shown = result_text(metric, rec)
+    proxies = f"{num(rec.get('zt1_cpu_pct'), '.0f')}%/{num(rec.get('zt2_cpu_pct'), '.0f')}%"
+    cpu = cpu_text(metric, rec, proxies)
     if rec.get("path_verified"):
         cpu += ", path ok"
-    err = f"  ERROR: {rec['error']}" if "error" in rec else ""
-    return f"{shown:<40} ({cpu}){err}"
-
-
-def _f(value: Any, fmt: str = ".1f") -> str:
-    return "-" if value is None else format(value, fmt)
+    return f"{shown:<40} ({cpu}){error_text(rec)}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

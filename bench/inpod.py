@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from _lib import lines
 from _lib.benchlab import BenchError, BenchLab
 from _lib.clients import RR_SCRIPT, iperf, round_trips
+from _lib.lines import MACHINE_FIELDS, THROUGHPUT_FIELDS, cpu_text, error_text, num, result_text
 from _lib.procstat import CpuUse, CpuWindow, pinned
 from _lib.report import render
 from _lib.runctl import (
@@ -203,41 +205,18 @@ def cpu_fields(use: CpuUse, rec: Mapping[str, Any]) -> dict[str, float | None]:
 
 def round_values(metric: str, rec: Mapping[str, Any]) -> dict[str, float | None]:
     """The figures of one measurement that enter the per-round table (see stats.Round)."""
-    fields = {
-        "proxy_pct": "proxy_cpu_pct",
-        "machine_pct": "machine_busy_pct",
-        "softirq_pct": "machine_softirq_pct",
-    }
+    fields = {"proxy_pct": "proxy_cpu_pct", **MACHINE_FIELDS}
     if metric.startswith("rr"):
         fields |= {"p50_us": "p50_us", "p99_us": "p99_us", "zt_us": "proxy_cpu_us_per_trip"}
     else:
-        fields |= {
-            "gbps": "gbps",
-            "cpu_s_per_gb": "cpu_s_per_gb",
-            "client_pct": "iperf_client_cpu_pct",
-            "server_pct": "iperf_server_cpu_pct",
-        }
-    return {f"{metric}_{key}": rec.get(field) for key, field in fields.items()}
+        fields |= THROUGHPUT_FIELDS
+    return lines.round_values(metric, rec, fields)
 
 
 def progress(metric: str, rec: Mapping[str, Any]) -> str:
     """One line per measurement: the result, then where the CPU went."""
-    if metric.startswith("rr"):
-        shown = f"p50 {_f(rec.get('p50_us'))} us  p99 {_f(rec.get('p99_us'))} us"
-    else:
-        shown = f"{_f(rec.get('gbps'), '.2f')} Gb/s  retr {rec.get('retransmits', '-')}"
-    cpu = f"ztunnel {_f(rec.get('proxy_cpu_pct'), '.0f')}%"
-    if not metric.startswith("rr"):
-        cpu += f", iperf3 {_f(rec.get('iperf_client_cpu_pct'), '.0f')}%"
-        cpu += f"/{_f(rec.get('iperf_server_cpu_pct'), '.0f')}%"
-    cpu += f", softirq {_f(rec.get('machine_softirq_pct'), '.0f')}%"
-    cpu += f", machine {_f(rec.get('machine_busy_pct'), '.0f')}%"
-    err = f"  ERROR: {rec['error']}" if "error" in rec else ""
-    return f"{shown:<28} ({cpu}){err}"
-
-
-def _f(value: Any, fmt: str = ".1f") -> str:
-    return "-" if value is None else format(value, fmt)
+    cpu = cpu_text(metric, rec, f"{num(rec.get('proxy_cpu_pct'), '.0f')}%")
+    return f"{result_text(metric, rec):<28} ({cpu}){error_text(rec)}"
 
 
 def summarize(rounds: list[Round]) -> dict[str, Any]:
