@@ -24,6 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import uvloop
 
@@ -150,32 +151,60 @@ async def _client(pki: Pki, ports: tuple[int, int, int, int], total: int) -> Non
                   f"server {total / scpu / 1e6:.0f}")
 
 
+@dataclass
+class _Timed:
+    """Per-unit wall times after a warm-up tenth, and the CPU (user, system) both processes
+    spent on the timed units."""
+
+    count: int
+    times: list[int]
+    client: tuple[float, float]
+    server: tuple[float, float]
+
+    def percentile(self, p: float) -> float:
+        timed = sorted(self.times)
+        return timed[int(len(timed) * p)] / 1e3
+
+    def cpu(self) -> str:
+        def us(seconds: float) -> str:
+            return f"{seconds / self.count * 1e6:.1f}"
+
+        return (f"(user + system): client {us(self.client[0])} + {us(self.client[1])} us, "
+                f"server {us(self.server[0])} + {us(self.server[1])} us")
+
+
+async def _timed(count: int, cpu_port: int, unit: Callable[[], Awaitable[None]]) -> _Timed:
+    """Run ``unit`` count + count/10 times; time the last ``count`` and their CPU."""
+    times = []
+    cpu0, server0 = os.times(), _server_times(cpu_port)
+    for i in range(count + count // 10):
+        if i == count // 10:  # after a warm-up tenth
+            cpu0, server0 = os.times(), _server_times(cpu_port)
+        t0 = time.perf_counter_ns()
+        await unit()
+        if i >= count // 10:
+            times.append(time.perf_counter_ns() - t0)
+    cpu1, server1 = os.times(), _server_times(cpu_port)
+    return _Timed(count, times, (cpu1.user - cpu0.user, cpu1.system - cpu0.system),
+                  (server1[0] - server0[0], server1[1] - server0[1]))
+
+
 async def _client_rr(pki: Pki, ports: tuple[int, int, int, int], count: int) -> None:
     hb_port, _, echo_port, cpu_port = ports
     async with pool() as p:
         key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, Target(LOCAL_IP, hb_port))
         stream = await p.open(key, plain_socket, pki.client_ctx(), [SERVER_ID],
                               Target(LOCAL_IP, echo_port))
-        times = []
-        for i in range(count + count // 10):
-            if i == count // 10:  # after a warm-up tenth
-                cpu0, stimes0 = os.times(), _server_times(cpu_port)
-            t0 = time.perf_counter_ns()
+
+        async def round_trip() -> None:
             await stream.write(b"x")
             data = await stream.read()
             stream.acknowledge(len(data))
-            times.append(time.perf_counter_ns() - t0)
-        cpu1, stimes1 = os.times(), _server_times(cpu_port)
+
+        t = await _timed(count, cpu_port, round_trip)
         stream.close_write()
-        timed = sorted(times[count // 10:])
-
-        def us(seconds: float) -> str:
-            return f"{seconds / count * 1e6:.1f}"
-
-        print(f"rr {count}: p50 {timed[len(timed) // 2] / 1e3:.1f} us, "
-              f"p99 {timed[len(timed) * 99 // 100] / 1e3:.1f} us; CPU per round trip (user + "
-              f"system): client {us(cpu1.user - cpu0.user)} + {us(cpu1.system - cpu0.system)} us, "
-              f"server {us(stimes1[0] - stimes0[0])} + {us(stimes1[1] - stimes0[1])} us")
+        print(f"rr {count}: p50 {t.percentile(0.5):.1f} us, p99 {t.percentile(0.99):.1f} us;"
+              f" CPU per round trip {t.cpu()}")
 
 
 async def _client_conn(pki: Pki, ports: tuple[int, int, int, int], count: int) -> None:
@@ -183,11 +212,8 @@ async def _client_conn(pki: Pki, ports: tuple[int, int, int, int], count: int) -
     async with pool() as p:
         key = PoolKey(CLIENT_ID, SERVER_ID, LOCAL_IP, Target(LOCAL_IP, hb_port))
         ctx = pki.client_ctx()  # ztunnel keeps one per identity, too
-        times = []
-        for i in range(count + count // 10):
-            if i == count // 10:  # after a warm-up tenth
-                cpu0, scpu0 = time.process_time(), _server_cpu(cpu_port)
-            t0 = time.perf_counter_ns()
+
+        async def tunnel() -> None:
             stream = await p.open(key, plain_socket, ctx, [SERVER_ID],
                                   Target(LOCAL_IP, echo_port))
             await stream.write(b"x")
@@ -195,12 +221,9 @@ async def _client_conn(pki: Pki, ports: tuple[int, int, int, int], count: int) -
             stream.acknowledge(len(data))
             stream.close_write()
             assert await stream.read() == b""
-            times.append(time.perf_counter_ns() - t0)
-        cpu1, scpu1 = time.process_time(), _server_cpu(cpu_port)
-        timed = sorted(times[count // 10:])
-        print(f"conn {count}: p50 {timed[len(timed) // 2] / 1e3:.1f} us; CPU per tunnel: "
-              f"client {(cpu1 - cpu0) / count * 1e6:.1f} us, "
-              f"server {(scpu1 - scpu0) / count * 1e6:.1f} us")
+
+        t = await _timed(count, cpu_port, tunnel)
+        print(f"conn {count}: p50 {t.percentile(0.5):.1f} us; CPU per tunnel {t.cpu()}")
 
 
 def main() -> None:

@@ -469,9 +469,8 @@ def test_data_frame_repr_stays_cheap() -> None:
     assert repr(DataFrame(1, b"x" * (1 << 20))).endswith(": <1048576 bytes>")
 
 
-def _plain_h2_wire(ops: list[tuple[str, int]]) -> bytes:
-    """What stock h2 sends for the same operations as `_run_ops` (reference serializer)."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+def _open_big_stream(conn: h2.connection.H2Connection) -> None:
+    """Stream 1 open with windows and frame size that never limit the ops; nothing queued."""
     conn.initiate_connection()
     conn.update_settings({SettingCodes.MAX_FRAME_SIZE: (1 << 24) - 1})
     conn.local_settings.acknowledge()
@@ -480,6 +479,12 @@ def _plain_h2_wire(ops: list[tuple[str, int]]) -> bytes:
     conn.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
     conn.streams[1].outbound_flow_control_window = 1 << 30
     conn.clear_outbound_data_buffer()
+
+
+def _plain_h2_wire(ops: list[tuple[str, int]]) -> bytes:
+    """What stock h2 sends for the same operations as `_run_ops` (reference serializer)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    _open_big_stream(conn)
     for op, size in ops:
         if op == "data":
             conn.send_data(1, bytes([size % 251]) * size)
@@ -496,14 +501,7 @@ def _run_ops(ops: list[tuple[str, int]], joined: bool) -> bytes:
     from inmesh.hbone.h2fast import FastH2Connection
 
     conn = FastH2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    conn.update_settings({SettingCodes.MAX_FRAME_SIZE: (1 << 24) - 1})
-    conn.local_settings.acknowledge()
-    conn.max_outbound_frame_size = (1 << 24) - 1
-    conn.outbound_flow_control_window = 1 << 30
-    conn.send_headers(1, [(":method", "CONNECT"), (":authority", "x")])
-    conn.streams[1].outbound_flow_control_window = 1 << 30
-    conn.clear_outbound_data_buffer()
+    _open_big_stream(conn)
     out = b""
     for op, size in ops:
         if op == "data":
